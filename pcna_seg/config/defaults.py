@@ -1,0 +1,238 @@
+"""Every config key and its default, in one place, grouped by node.
+
+Key names follow detectron2 wherever detectron2 has the key, so settings carry over word for
+word (``cfg.SOLVER.BASE_LR = 0.01`` in a report is ``SOLVER.BASE_LR: 0.01`` in YAML). Project
+keys live in their own nodes (``INPUT.CHANNELS``, ``INPUT.OTSU``, ``UNET.*``, ``CAMPAIGN.*``).
+"""
+
+from __future__ import annotations
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 2
+
+# ---------------------------------------------------------------------------------------------
+# MODEL: Mask R-CNN (torchvision engine by default; detectron2 optional)
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+_C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"  # only Mask R-CNN (GeneralizedRCNN) is built
+_C.MODEL.ENGINE = "torchvision"  # "torchvision" (always available) or "detectron2" (optional)
+_C.MODEL.DEVICE = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+_C.MODEL.MASK_ON = True  # predict instance masks
+_C.MODEL.WEIGHTS = ""  # path to a project checkpoint or torchvision state dict; "" = random init
+_C.MODEL.PIXEL_MEAN = [0.0, 0.0, 0.0]  # per input channel, applied after INPUT normalisation
+_C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]  # per input channel
+
+_C.MODEL.BACKBONE = CN()
+_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+_C.MODEL.BACKBONE.FREEZE_AT = 2  # 0 = train all; k = freeze stem + first k-1 res stages
+
+_C.MODEL.RESNETS = CN()
+_C.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50 or 101
+_C.MODEL.RESNETS.NORM = "FrozenBN"  # "FrozenBN" or "BN"
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+_C.MODEL.FPN = CN()
+_C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.FPN.OUT_CHANNELS = 256  # FPN width; small values make CPU training feasible
+
+_C.MODEL.ANCHOR_GENERATOR = CN()
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]  # one list per FPN level
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+
+_C.MODEL.RPN = CN()
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+_C.MODEL.RPN.NMS_THRESH = 0.7
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000  # per FPN level
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+
+_C.MODEL.ROI_HEADS = CN()
+_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 1  # foreground classes (names come from dataset metadata)
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512  # RoIs sampled per image for the heads
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+
+_C.MODEL.ROI_BOX_HEAD = CN()
+_C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024  # width of the two-layer MLP box head
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+
+_C.MODEL.ROI_MASK_HEAD = CN()
+_C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256  # mask-head width
+_C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4  # mask-head depth
+_C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+
+# ---------------------------------------------------------------------------------------------
+# INPUT: channel recipes, normalisation, augmentation
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+# Channel recipe: one entry per model input channel, built from the record's files.
+# Names: "gray" (the record's file_name), any key of record["channels"] (e.g. "pcna", "dic"),
+# "otsu_mask" (lowered-Otsu mask of the PCNA channel, see INPUT.OTSU).
+_C.INPUT.CHANNELS = ["gray", "gray", "gray"]
+_C.INPUT.FORMAT = "CHW"  # tensors are (C, H, W) float32 in recipe order; never BGR-swapped
+_C.INPUT.SATURATION = CN()
+_C.INPUT.SATURATION.LOW = 2.0  # lower percentile mapped to 0 (full image, before crop)
+_C.INPUT.SATURATION.HIGH = 98.0  # upper percentile mapped to 1
+_C.INPUT.SATURATION.GAMMA = 1.0  # optional gamma after rescaling
+_C.INPUT.OTSU = CN()
+_C.INPUT.OTSU.SOURCE = "pcna"  # channel the mask is computed from ("gray" for single-channel)
+_C.INPUT.OTSU.SIGMA = 2.0  # Gaussian smoothing before thresholding, pixels
+_C.INPUT.OTSU.OFFSET = 0.1  # threshold = otsu - OFFSET on the [0, 1] scale (lowered Otsu)
+_C.INPUT.MIN_SIZE_TRAIN = (800,)  # shortest-edge sizes for training
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"  # "choice" or "range"
+_C.INPUT.MAX_SIZE_TRAIN = 1333
+_C.INPUT.MIN_SIZE_TEST = 800  # 0 disables test-time resizing
+_C.INPUT.MAX_SIZE_TEST = 1333
+_C.INPUT.CROP = CN()
+_C.INPUT.CROP.ENABLED = False
+_C.INPUT.CROP.TYPE = "relative_range"  # "relative", "relative_range", "absolute"
+_C.INPUT.CROP.SIZE = [0.9, 0.9]
+_C.INPUT.RANDOM_FLIP = "horizontal"  # "none", "horizontal", "vertical", "both"
+_C.INPUT.ROTATE90 = False  # random multiples of 90 degrees
+_C.INPUT.INTENSITY = CN()
+_C.INPUT.INTENSITY.ENABLED = False  # jitter applied to fluorescence channels only (never DIC)
+_C.INPUT.INTENSITY.BRIGHTNESS = 0.1  # additive, fraction of the [0, 1] range
+_C.INPUT.INTENSITY.CONTRAST = 0.1  # multiplicative, 1 +/- CONTRAST
+_C.INPUT.INTENSITY.CHANNELS = ["pcna", "gray"]  # recipe names the jitter may touch
+
+# ---------------------------------------------------------------------------------------------
+# DATASETS / DATALOADER
+# ---------------------------------------------------------------------------------------------
+_C.DATASETS = CN()
+_C.DATASETS.TRAIN = ()  # registered dataset names
+_C.DATASETS.TEST = ()
+# Where prepared datasets live: a folder of <name>/annotations.json (+ registry.yaml).
+# "" means the PCNA_SEG_DATASETS environment variable, then ./datasets.
+_C.DATASETS.ROOT = ""
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 2
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False  # blank images are allowed in training
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+
+# ---------------------------------------------------------------------------------------------
+# SOLVER (Mask R-CNN)
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "SGD"
+_C.SOLVER.MAX_ITER = 40000
+_C.SOLVER.BASE_LR = 0.001
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 0.0001
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0  # weight decay on normalisation-layer parameters
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.STEPS = (30000,)
+_C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"  # or "WarmupCosineLR"
+_C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
+_C.SOLVER.WARMUP_ITERS = 1000
+_C.SOLVER.WARMUP_METHOD = "linear"  # "linear" or "constant"
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+_C.SOLVER.IMS_PER_BATCH = 16  # total over all processes
+_C.SOLVER.CLIP_GRADIENTS = CN()
+_C.SOLVER.CLIP_GRADIENTS.ENABLED = False
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"  # "value" or "norm"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+_C.SOLVER.AMP = CN()
+_C.SOLVER.AMP.ENABLED = False  # mixed precision, CUDA only
+
+# ---------------------------------------------------------------------------------------------
+# TEST / evaluation
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.EVAL_PERIOD = 0  # 0 = evaluate only at the end
+_C.TEST.DETECTIONS_PER_IMAGE = 100  # dense nuclei need >= 1000
+_C.TEST.MAX_DETS = [1, 10, 100]  # COCOeval maxDets; raise for dense nuclei (e.g. [100, 300, 1000])
+
+_C.OUTPUT_DIR = "./output"
+_C.SEED = -1  # < 0: a seed is drawn and logged
+_C.CUDNN_BENCHMARK = False
+
+# ---------------------------------------------------------------------------------------------
+# UNET: semantic segmentation branch (live/dead, small-UNet 3-class, counting)
+# ---------------------------------------------------------------------------------------------
+_C.UNET = CN()
+_C.UNET.MODE = "livedead"  # "livedead" (bg/DAPI/Cy5), "contour" (bg/nucleus/contour), "count"
+_C.UNET.CLASSES = ["background", "DAPI", "Cy5"]
+_C.UNET.CHANNELS = ["hoechst", "draq7"]  # input channel names, in order
+_C.UNET.ARCH = "unet"  # "unet" or "small_unet"
+_C.UNET.DEPTH = 4  # number of down-sampling steps
+_C.UNET.BASE_WIDTH = 32  # channels of the first level (doubles per level)
+_C.UNET.BATCH_NORM = True
+_C.UNET.DROPOUT = 0.0
+_C.UNET.UPSAMPLE = "transpose"  # "transpose" or "bilinear" (bilinear + conv)
+_C.UNET.WEIGHTS = ""  # checkpoint to start from
+
+_C.UNET.TILING = CN()
+_C.UNET.TILING.TILE = 160
+_C.UNET.TILING.STRIDE = 80
+_C.UNET.TILING.BOUNDARY_WIDTH = 2  # contour width for 3-class targets, pixels
+_C.UNET.TILING.NORMALIZATION = "percentile"  # "percentile", "minmax", "none"
+_C.UNET.TILING.PERCENTILES = [1.0, 99.8]
+_C.UNET.TILING.CHUNK_TILES = 64  # HDF5 chunk length along the tile axis
+_C.UNET.TILING.COMPRESSION = "lz4"  # "none", "lz4", "zstd", "gzip"
+_C.UNET.TILING.VAL_FRACTION = 0.1  # validation share of source frames / wells
+_C.UNET.TILING.MULTICLASS_ONLY = True  # keep only tiles with more than one class for training
+
+_C.UNET.DATA = CN()
+_C.UNET.DATA.TRAIN_H5 = ""
+_C.UNET.DATA.VAL_H5 = ""
+_C.UNET.DATA.AUGMENT = True  # flips, rot90, intensity jitter
+_C.UNET.DATA.NUM_WORKERS = 2
+_C.UNET.DATA.BATCH_SIZE = 100
+
+_C.UNET.LOSS = CN()
+_C.UNET.LOSS.NAME = "weighted_ce"  # "weighted_ce", "dice", "dice_ce", "bce"
+_C.UNET.LOSS.CLASS_WEIGHTS = []  # [] = from class frequencies in the HDF5 class_counts
+
+_C.UNET.SOLVER = CN()
+_C.UNET.SOLVER.OPTIMIZER = "sgd"  # "sgd" or "adam"
+_C.UNET.SOLVER.BASE_LR = 0.01
+_C.UNET.SOLVER.MOMENTUM = 0.9
+_C.UNET.SOLVER.WEIGHT_DECAY = 0.0001
+_C.UNET.SOLVER.EPOCHS = 100
+_C.UNET.SOLVER.SCHEDULER = "cosine_kicks"  # "cosine_restarts", "plateau", "cosine_kicks", "none"
+_C.UNET.SOLVER.T_0 = 10  # cosine cycle length, epochs
+_C.UNET.SOLVER.T_MULT = 1
+_C.UNET.SOLVER.ETA_MIN = 1.0e-5
+_C.UNET.SOLVER.PATIENCE = 5  # plateau / kick patience, epochs
+_C.UNET.SOLVER.FACTOR = 0.5  # plateau decay factor; kicks: new minimum = FACTOR * old minimum
+_C.UNET.SOLVER.KICK = 0.5  # kick: LR jumps up by this fraction of the cycle's start LR
+_C.UNET.SOLVER.THRESHOLD = 1.0e-4
+_C.UNET.SOLVER.COOLDOWN = 0
+_C.UNET.SOLVER.AMP = False
+_C.UNET.SOLVER.CHECKPOINT_PERIOD = 1  # epochs
+
+_C.UNET.EVAL = CN()
+_C.UNET.EVAL.PR_THRESHOLDS = 101  # bins for constant-memory PR curves
+_C.UNET.EVAL.OVERLAY_PERIOD = 1  # epochs between overlay frames of fixed validation tiles
+_C.UNET.EVAL.OVERLAY_TILES = 8
+
+_C.UNET.INFER = CN()
+_C.UNET.INFER.TILE = 256
+_C.UNET.INFER.OVERLAP = 64
+_C.UNET.INFER.BLEND = "gaussian"  # "gaussian" or "cosine"
+_C.UNET.INFER.THRESHOLD = 0.5  # counting mode: sigmoid threshold
+
+# ---------------------------------------------------------------------------------------------
+# CAMPAIGN: staged fine-tuning runs as one command
+# ---------------------------------------------------------------------------------------------
+_C.CAMPAIGN = CN()
+_C.CAMPAIGN.NAME = ""
+_C.CAMPAIGN.STAGES = []  # list of stage config files, run in order, weights chained
+_C.CAMPAIGN.EXECUTOR = "local"  # "local" or "pbs"
+
+
+def get_default_config() -> CN:
+    """Return a fresh, mutable copy of the defaults."""
+    return _C.clone()

@@ -1,0 +1,32 @@
+"""Converters: one module per source format, each exposing ``convert(src, out, **options)``.
+
+Every converter writes the standard prepared-dataset folder (see ``pcna_seg.data.coco_io``):
+COCO JSON with RLE masks, a leak-free train/val split and a dataset card.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+# format name → "module:function" (imported lazily so a missing optional dependency of one
+# converter never breaks the others)
+CONVERTERS: dict[str, str] = {
+    "dsb2018": "pcna_seg.data.converters.dsb2018:convert",
+    "deepcell_npz": "pcna_seg.data.converters.deepcell:convert_npz",
+    "deepcell_trks": "pcna_seg.data.converters.deepcell:convert_trks",
+    "ctc": "pcna_seg.data.converters.ctc:convert",
+    "pcna_via": "pcna_seg.data.converters.pcna:convert_via",
+    "pcna_masks": "pcna_seg.data.converters.pcna:convert_masks",
+    "bbbc039": "pcna_seg.data.converters.bbbc039:convert",
+    "livecell": "pcna_seg.data.converters.livecell:convert",
+}
+
+
+def get_converter(fmt: str) -> Callable[..., Any]:
+    """The ``convert`` function for ``fmt``; ValueError lists the known formats."""
+    if fmt not in CONVERTERS:
+        raise ValueError(f"Unknown dataset format {fmt!r}; known: {', '.join(sorted(CONVERTERS))}")
+    module, func = CONVERTERS[fmt].split(":")
+    return getattr(importlib.import_module(module), func)
