@@ -119,10 +119,11 @@ def place_nuclei(
     return out
 
 
-def rasterize(shape: tuple[int, int], nuclei: list[Nucleus]) -> np.ndarray:
-    """(H, W) int32 instance labels 1..N (in list order); earlier nuclei keep contested pixels.
+def rasterize(shape: tuple[int, int], nuclei: list[Nucleus]) -> tuple[np.ndarray, list[int]]:
+    """(H, W) int32 instance labels 1..N; earlier nuclei keep contested pixels.
 
     Instances that end up with fewer than 12 pixels are dropped and ids are renumbered.
+    Returns (labels, kept) where label ``k`` is nucleus ``nuclei[kept[k - 1]]``.
     """
     labels = np.zeros(shape, dtype=np.int32)
     for i, n in enumerate(nuclei, start=1):
@@ -133,7 +134,7 @@ def rasterize(shape: tuple[int, int], nuclei: list[Nucleus]) -> np.ndarray:
     keep = ids[counts >= 12]
     remap = np.zeros(len(nuclei) + 1, dtype=np.int32)
     remap[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
-    return remap[labels]
+    return remap[labels], [int(k) - 1 for k in keep]
 
 
 def _illumination(rng: np.random.Generator, shape: tuple[int, int], strength: float = 0.35) -> np.ndarray:
@@ -223,17 +224,8 @@ def make_pcna_frame(
 
 def frame_from_nuclei(rng: np.random.Generator, shape: tuple[int, int], nuclei: list[Nucleus]) -> Frame:
     """Render a frame for given nuclei (used by movies, where nuclei drift between frames)."""
-    labels = rasterize(shape, nuclei)
-    # instance i+1 after rasterize's renumbering: map surviving ids back to their nucleus
-    phases: dict[int, str] = {}
-    for i, n in enumerate(nuclei, start=1):
-        sl, patch = _ellipse(shape, n)
-        vals = labels[sl][patch]
-        vals = vals[vals > 0]
-        if vals.size:
-            lab = int(np.bincount(vals).argmax())
-            phases.setdefault(lab, n.phase)
-    phases = {k: phases[k] for k in sorted(phases) if k <= labels.max()}
+    labels, kept = rasterize(shape, nuclei)
+    phases = {lab: nuclei[k].phase for lab, k in enumerate(kept, start=1)}
     pcna = render_pcna(rng, labels, nuclei, phases)
     dic = render_dic(rng, labels, phases)
     return Frame(labels=labels, channels={"pcna": pcna, "dic": dic}, phases=phases)
@@ -289,7 +281,7 @@ def make_livedead_frame(
     """
     n = int(density * height * width)
     nuclei = place_nuclei(rng, (height, width), n, ("G1/G2",), cluster_fraction=0.2)
-    labels = rasterize((height, width), nuclei)
+    labels, _ = rasterize((height, width), nuclei)
     n_inst = int(labels.max())
     dead = rng.random(n_inst + 1) < dead_fraction
     dead[0] = False
