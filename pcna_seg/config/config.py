@@ -155,7 +155,9 @@ def merge_overrides(cfg: CN, opts: Sequence[str]) -> None:
             prefix = ".".join(parts[:i]) + ("." if i else "")
             if not isinstance(node, CN) or part not in node:
                 hint = _suggest(node, part, prefix) if isinstance(node, CN) else ""
-                raise ConfigError(f"Unknown config key {key} (command line){hint}")
+                bad = prefix + part
+                where = f"{bad} (in {key}, command line)" if bad != key else f"{key} (command line)"
+                raise ConfigError(f"Unknown config key {where}{hint}")
             if i < len(parts) - 1:
                 node = node[part]
         default = node[parts[-1]]

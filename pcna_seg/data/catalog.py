@@ -134,3 +134,20 @@ def get_metadata(name: str, root: str | os.PathLike | None = None) -> dict[str, 
     """Metadata of a dataset (``thing_classes``, ``json_file``, ...)."""
     _ensure(name, root)
     return _METADATA[name]
+
+
+def discover(root: str | os.PathLike | None = None) -> list[str]:
+    """Names resolvable under the datasets root (prepared folders and registry.yaml entries)."""
+    base = datasets_root(root)
+    names: set[str] = set()
+    if (base / "registry.yaml").is_file():
+        with open(base / "registry.yaml", encoding="utf-8") as fh:
+            names.update((yaml.safe_load(fh) or {}).keys())
+    if base.is_dir():
+        for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+            if (folder / "annotations.json").is_file():
+                names.add(folder.name)
+            for split in ("train", "val", "test"):
+                if (folder / f"{split}.json").is_file():
+                    names.add(f"{folder.name}_{split}")
+    return sorted(names | set(_LOADERS))

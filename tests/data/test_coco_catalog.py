@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from pcna_seg.data import catalog
+from pcna_seg.data.coco_io import CardBuilder, load_coco, write_coco, write_prepared_dataset
+from pcna_seg.data.converters.base import record_from_labels
+from pcna_seg.data.splits import split_records
+from pcna_seg.data.synthetic.nuclei import make_pcna_movie
+from pcna_seg.errors import DataError, DatasetNotFoundError
+
+
+def _records(tmp_path, n_movies=4, n_frames=3):
+    rng = np.random.default_rng(0)
+    recs = []
+    names = ["G1/G2", "S", "M"]
+    for m in range(n_movies):
+        for t, fr in enumerate(make_pcna_movie(rng, n_frames, 64, 64, n_nuclei=5)):
+            path = tmp_path / "images" / f"m{m}_t{t}.tif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+            cls = {k: names.index(v) for k, v in fr.phases.items()}
+            recs.append(record_from_labels(str(path), f"m{m}_t{t}", fr.labels, cls, sequence=f"m{m}"))
+    return recs, names
+
+
+def test_write_load_roundtrip_and_pycocotools(tmp_path):
+    recs, names = _records(tmp_path)
+    path = write_coco(tmp_path / "annotations.json", recs, names)
+    coco = COCO(str(path))
+    assert len(coco.getImgIds()) == len(recs)
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == names
+    back, meta = load_coco(path)
+    assert meta["thing_classes"] == names
+    for a, b in zip(recs, back):
+        assert a["file_name"] == b["file_name"] and a["sequence"] == b["sequence"]
+        assert [x["category_id"] for x in a["annotations"]] == [x["category_id"] for x in b["annotations"]]
+        assert [x["segmentation"] for x in a["annotations"]] == [x["segmentation"] for x in b["annotations"]]
+    # paths are stored relative to the JSON folder
+    raw = json.loads(path.read_text())
+    assert raw["images"][0]["file_name"].startswith("images/")
+
+
+def test_split_by_sequence_is_leak_free_and_seeded(tmp_path):
+    recs, _ = _records(tmp_path, n_movies=5)
+    s1 = split_records(recs, 0.2, seed=3)
+    s2 = split_records(recs, 0.2, seed=3)
+    assert s1 == s2 and s1["by"] == "sequence"
+    seq = {r["image_id"]: r["sequence"] for r in recs}
+    assert {seq[i] for i in s1["train"]}.isdisjoint({seq[i] for i in s1["val"]})
+    assert len(s1["val"]) == 3 and len(s1["train"]) == 12
+    no_seq = [{k: v for k, v in r.items() if k != "sequence"} for r in recs]
+    assert split_records(no_seq, 0.2, seed=0)["by"] == "image"
+
+
+def test_prepared_folder_resolves_by_name(tmp_path, monkeypatch):
+    recs, names = _records(tmp_path / "pcna_stage3")
+    card = CardBuilder("pcna_stage3", names, "test")
+    for r in recs:
+        card.add(r)
+    write_prepared_dataset(tmp_path / "pcna_stage3", recs, names, card, val_fraction=0.25, seed=0)
+    card_json = json.loads((tmp_path / "pcna_stage3" / "dataset_card.json").read_text())
+    assert card_json["images"] == 12 and sum(card_json["instances_per_class"].values()) > 0
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    try:
+        train = catalog.get_dataset("pcna_stage3_train")
+        val = catalog.get_dataset("pcna_stage3_val")
+        assert len(train) + len(val) == 12
+        assert catalog.get_metadata("pcna_stage3_train")["thing_classes"] == names
+        assert "pcna_stage3_train" in catalog.list_datasets()
+        with pytest.raises(DatasetNotFoundError, match="nope.*registered: .*pcna_stage3_train"):
+            catalog.get_dataset("nope")
+    finally:
+        for n in ("pcna_stage3_train", "pcna_stage3_val"):
+            catalog.unregister_dataset(n)
+
+
+def test_register_explicit_loader():
+    catalog.register_dataset(
+        "toy", lambda: [{"file_name": "x", "height": 1, "width": 1, "image_id": 0}], {"a": 1}
+    )
+    try:
+        assert catalog.get_dataset("toy")[0]["file_name"] == "x"
+        assert catalog.get_metadata("toy") == {"a": 1}
+    finally:
+        catalog.unregister_dataset("toy")
+
+
+def test_load_coco_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match=r"Malformed JSON in .*bad\.json"):
+        load_coco(bad)
+    with pytest.raises(DataError, match="not found"):
+        load_coco(tmp_path / "nothing.json")
