@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,17 @@ def parse_options(items: list[str]) -> dict:
     return out
 
 
+def check_options(func, options: dict, fmt: str) -> None:
+    """Reject option names the converter does not take, listing the ones it does."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"Unknown --option {key!r} for format {fmt}; valid options: {', '.join(valid)}")
+
+
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -54,13 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     convert = get_converter(args.format)
+    options = parse_options(args.option)
+    check_options(convert, options, args.format)
     card = convert(
         args.src,
         args.out,
         val_fraction=args.val_fraction,
         seed=args.seed,
         progress=not args.quiet,
-        **parse_options(args.option),
+        **options,
     )
     print(json.dumps(card, indent=2, default=str))
     print(f"prepared dataset written to {args.out}")

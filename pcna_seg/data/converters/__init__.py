@@ -17,7 +17,7 @@ CONVERTERS: dict[str, str] = {
     "deepcell_npz": "pcna_seg.data.converters.deepcell:convert_npz",
     "deepcell_trks": "pcna_seg.data.converters.deepcell:convert_trks",
     "ctc": "pcna_seg.data.converters.ctc:convert",
-    "pcna_via": "pcna_seg.data.converters.pcna:convert_via",
+    "pcna_via": "pcna_seg.data.converters.pcna_via:convert_via",
     "pcna_masks": "pcna_seg.data.converters.pcna:convert_masks",
     "bbbc039": "pcna_seg.data.converters.bbbc039:convert",
     "livecell": "pcna_seg.data.converters.livecell:convert",
