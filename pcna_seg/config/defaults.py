@@ -59,6 +59,7 @@ _C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
 _C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+_C.MODEL.ROI_HEADS.ONE_CLASS_PER_BOX = True  # one detection per proposal (top class); False = per-class
 
 _C.MODEL.ROI_BOX_HEAD = CN()
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024  # width of the two-layer MLP box head
@@ -145,6 +146,7 @@ _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 _C.SOLVER.AMP = CN()
 _C.SOLVER.AMP.ENABLED = False  # mixed precision, CUDA only
+_C.SOLVER.LOG_PERIOD = 20  # iterations between metrics.json / console / TensorBoard writes
 
 # ---------------------------------------------------------------------------------------------
 # TEST / evaluation
@@ -153,6 +155,8 @@ _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 0  # 0 = evaluate only at the end
 _C.TEST.DETECTIONS_PER_IMAGE = 100  # dense nuclei need >= 1000
 _C.TEST.MAX_DETS = [1, 10, 100]  # COCOeval maxDets; raise for dense nuclei (e.g. [100, 300, 1000])
+_C.TEST.CONFUSION_IOU = 0.5  # mask IoU for matching predictions to GT in the phase confusion
+_C.TEST.CONFUSION_SCORE_THRESH = 0.5  # detections below this score are left out of the phase confusion
 
 _C.OUTPUT_DIR = "./output"
 _C.SEED = -1  # < 0: a seed is drawn and logged
@@ -183,6 +187,8 @@ _C.UNET.TILING.CHUNK_TILES = 64  # HDF5 chunk length along the tile axis
 _C.UNET.TILING.COMPRESSION = "lz4"  # "none", "lz4", "zstd", "gzip"
 _C.UNET.TILING.VAL_FRACTION = 0.1  # validation share of source frames / wells
 _C.UNET.TILING.MULTICLASS_ONLY = True  # keep only tiles with more than one class for training
+_C.UNET.TILING.WORKERS = 2  # tiling processes (0 = tile in the main process)
+_C.UNET.TILING.SPLIT_SEED = 0  # seed of the train/val split by well
 
 _C.UNET.DATA = CN()
 _C.UNET.DATA.TRAIN_H5 = ""
@@ -190,6 +196,7 @@ _C.UNET.DATA.VAL_H5 = ""
 _C.UNET.DATA.AUGMENT = True  # flips, rot90, intensity jitter
 _C.UNET.DATA.NUM_WORKERS = 2
 _C.UNET.DATA.BATCH_SIZE = 100
+_C.UNET.DATA.MIX_CHUNKS = 4  # training batches mix tiles of this many random HDF5 chunks
 
 _C.UNET.LOSS = CN()
 _C.UNET.LOSS.NAME = "weighted_ce"  # "weighted_ce", "dice", "dice_ce", "bce"
@@ -212,17 +219,23 @@ _C.UNET.SOLVER.THRESHOLD = 1.0e-4
 _C.UNET.SOLVER.COOLDOWN = 0
 _C.UNET.SOLVER.AMP = False
 _C.UNET.SOLVER.CHECKPOINT_PERIOD = 1  # epochs
+_C.UNET.SOLVER.MONITOR = "val_loss"  # metrics.json key watched by plateau/kicks and model_best (loss: min)
 
 _C.UNET.EVAL = CN()
 _C.UNET.EVAL.PR_THRESHOLDS = 101  # bins for constant-memory PR curves
 _C.UNET.EVAL.OVERLAY_PERIOD = 1  # epochs between overlay frames of fixed validation tiles
 _C.UNET.EVAL.OVERLAY_TILES = 8
+_C.UNET.EVAL.VIDEO_FPS = 4  # frames per second of the overlay video (one frame per overlay epoch)
 
 _C.UNET.INFER = CN()
 _C.UNET.INFER.TILE = 256
 _C.UNET.INFER.OVERLAP = 64
 _C.UNET.INFER.BLEND = "gaussian"  # "gaussian" or "cosine"
 _C.UNET.INFER.THRESHOLD = 0.5  # counting mode: sigmoid threshold
+_C.UNET.INFER.BATCH_SIZE = 8  # tiles per forward pass during whole-frame inference
+_C.UNET.INFER.INSTANCES = "watershed"  # nuclei for counts: "watershed" (splits touching) or "components"
+_C.UNET.INFER.MIN_SIZE = 10  # objects smaller than this (pixels) are not counted
+_C.UNET.INFER.SAVE_PROBS = False  # also write float16 probability maps (K, H, W)
 
 # ---------------------------------------------------------------------------------------------
 # CAMPAIGN: staged fine-tuning runs as one command

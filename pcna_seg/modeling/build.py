@@ -1,0 +1,279 @@
+"""Build the torchvision Mask R-CNN described by a config (ResNet-{18,34,50,101}-FPN).
+
+Nothing is downloaded: every network is created with ``weights=None``; pretrained weights come
+from ``MODEL.WEIGHTS`` through :func:`pcna_seg.modeling.weights.load_weights`.
+
+Config → model:
+
+- ``MODEL.RESNETS.DEPTH`` / ``NORM`` (``"FrozenBN"`` or ``"BN"``); ``MODEL.BACKBONE.FREEZE_AT``
+  with detectron2's meaning (0 = train everything, 1 = freeze the stem, 2 = stem + res2, ...
+  5 = the whole ResNet), i.e. torchvision ``trainable_layers = 5 - FREEZE_AT``. With ``BN``,
+  the norm layers of frozen stages become FrozenBatchNorm2d (statistics no longer drift).
+- input channels = ``len(INPUT.CHANNELS)``; for a count other than 3 the stem conv is rebuilt
+  to accept it. ``MODEL.PIXEL_MEAN/STD`` (one value per channel) are applied in the model.
+- ``MODEL.FPN.OUT_CHANNELS``; anchors: ``MODEL.ANCHOR_GENERATOR.SIZES`` (one list per pyramid
+  level, P2..P6 incl. the max-pool level) and ``ASPECT_RATIOS`` (one list, or one per level).
+- ``MODEL.RPN.*``, ``MODEL.ROI_HEADS.*`` (NUM_CLASSES foreground classes; +1 background inside),
+  ``MODEL.ROI_BOX_HEAD.FC_DIM``, ``MODEL.ROI_MASK_HEAD.CONV_DIM/NUM_CONV``,
+  ``TEST.DETECTIONS_PER_IMAGE``.
+
+The model's transform never resizes (the mapper does), it only normalises and pads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from pcna_seg.errors import ConfigError
+from pcna_seg.modeling.d2_adapter import check_engine
+from pcna_seg.modeling.heads import PcnaRoIHeads, build_box_head, build_mask_head
+
+logger = logging.getLogger(__name__)
+
+DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101"}
+_STAGE_OF = {"res2": 1, "res3": 2, "res4": 3, "res5": 4}
+_FROZEN_PREFIXES = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+
+
+def resolve_device(cfg: Any) -> torch.device:
+    """``MODEL.DEVICE`` → torch.device; ``"auto"`` = CUDA when available, else CPU."""
+    name = str(cfg.MODEL.DEVICE)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"MODEL.DEVICE {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"MODEL.DEVICE is {name!r} but CUDA is not available; use MODEL.DEVICE cpu or auto")
+    return dev
+
+
+class NoResizeTransform(GeneralizedRCNNTransform):
+    """Normalises by pixel mean/std and pads to a multiple of 32; never resizes."""
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):  # noqa: D102
+        return image, target
+
+
+class PcnaMaskRCNN(GeneralizedRCNN):
+    """torchvision Mask R-CNN (same parameter names as ``maskrcnn_resnet50_fpn``).
+
+    Train: ``model(images, targets) -> dict`` of losses. Eval: ``model(images) -> list`` of
+    ``{"boxes" (N, 4) XYXY, "labels" int64 1-based, "scores", "masks" (N, 1, H, W) float,
+    "class_probs" (N, K + 1)}`` in each input image's pixel frame.
+
+    Attributes: ``cfg_num_classes`` (K), ``class_names`` (set by the trainer, else None),
+    ``input_channels`` (recipe names).
+    """
+
+    def __init__(self, backbone, rpn, roi_heads, transform, num_classes: int, channels: list[str]) -> None:
+        super().__init__(backbone, rpn, roi_heads, transform)
+        self.cfg_num_classes = int(num_classes)
+        self.class_names: list[str] | None = None
+        self.input_channels = list(channels)
+
+
+def _freeze_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d under ``module`` with a FrozenBatchNorm2d holding its stats."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        with torch.no_grad():
+            frozen.weight.copy_(module.weight)
+            frozen.bias.copy_(module.bias)
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        new = _freeze_norm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def _stem_conv(in_channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+def build_backbone(cfg: Any) -> BackboneWithFPN:
+    """ResNet-FPN backbone with ``len(INPUT.CHANNELS)`` input channels, random weights."""
+    depth = int(cfg.MODEL.RESNETS.DEPTH)
+    if depth not in DEPTHS:
+        raise ConfigError(f"MODEL.RESNETS.DEPTH must be one of {sorted(DEPTHS)}, got {depth}")
+    norm = str(cfg.MODEL.RESNETS.NORM)
+    if norm == "FrozenBN":
+        norm_layer = FrozenBatchNorm2d
+    elif norm == "BN":
+        norm_layer = nn.BatchNorm2d
+    else:
+        raise ConfigError(f"MODEL.RESNETS.NORM must be 'FrozenBN' or 'BN', got {norm!r}")
+    freeze_at = int(cfg.MODEL.BACKBONE.FREEZE_AT)
+    if not 0 <= freeze_at <= 5:
+        raise ConfigError(f"MODEL.BACKBONE.FREEZE_AT must be between 0 and 5, got {freeze_at}")
+    feats = list(cfg.MODEL.FPN.IN_FEATURES)
+    bad = [f for f in feats if f not in _STAGE_OF]
+    if bad or not feats or feats != sorted(feats, key=_STAGE_OF.get):
+        raise ConfigError(f"MODEL.FPN.IN_FEATURES must be an ordered subset of res2..res5, got {feats}")
+    n_in = len(cfg.INPUT.CHANNELS)
+    if n_in < 1:
+        raise ConfigError("INPUT.CHANNELS is empty; name at least one channel")
+
+    body = getattr(resnet, DEPTHS[depth])(weights=None, norm_layer=norm_layer)
+    if n_in != 3:
+        body.conv1 = _stem_conv(n_in)
+    if norm == "BN" and freeze_at > 0:
+        for name in _FROZEN_PREFIXES[: freeze_at + 1]:  # stem = conv1 + bn1
+            setattr(body, name, _freeze_norm(getattr(body, name)))
+    # freeze: torchvision trainable_layers = 5 - FREEZE_AT (stem counts as one layer)
+    trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][: 5 - freeze_at]
+    if freeze_at == 0:
+        trainable.append("bn1")
+    for name, param in body.named_parameters():
+        if not any(name.startswith(t) for t in trainable):
+            param.requires_grad_(False)
+    returned = [_STAGE_OF[f] for f in feats]
+    stage2 = body.inplanes // 8  # res2 width (64 for R18/34, 256 for R50/101)
+    return BackboneWithFPN(
+        body,
+        return_layers={f"layer{k}": str(v) for v, k in enumerate(returned)},
+        in_channels_list=[stage2 * 2 ** (k - 1) for k in returned],
+        out_channels=int(cfg.MODEL.FPN.OUT_CHANNELS),
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def _anchor_generator(cfg: Any, n_levels: int) -> AnchorGenerator:
+    sizes = [list(s) if isinstance(s, (list, tuple)) else [s] for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    ratios = [
+        list(r) if isinstance(r, (list, tuple)) else [r] for r in cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS
+    ]
+    if len(sizes) != n_levels:
+        raise ConfigError(
+            f"MODEL.ANCHOR_GENERATOR.SIZES has {len(sizes)} lists but the FPN has {n_levels} levels "
+            f"({n_levels - 1} from MODEL.FPN.IN_FEATURES + the pool level); give one list per level"
+        )
+    if len(ratios) == 1:
+        ratios = ratios * n_levels
+    if len(ratios) != n_levels:
+        raise ConfigError(
+            f"MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS must hold 1 or {n_levels} lists, got {len(ratios)}"
+        )
+    counts = {len(s) * len(r) for s, r in zip(sizes, ratios)}
+    if len(counts) != 1:
+        raise ConfigError("MODEL.ANCHOR_GENERATOR: every level must have the same number of anchors")
+    return AnchorGenerator(
+        tuple(tuple(float(v) for v in s) for s in sizes), tuple(tuple(float(v) for v in r) for r in ratios)
+    )
+
+
+def _thresholds(values: Any, key: str) -> tuple[float, float]:
+    """(bg, fg) IoU thresholds from a 1- or 2-value list."""
+    vals = [float(v) for v in values]
+    if len(vals) not in (1, 2):
+        raise ConfigError(f"{key} must hold one or two IoU values, got {vals}")
+    return min(vals), max(vals)
+
+
+def build_model(cfg: Any) -> PcnaMaskRCNN:
+    """Build the Mask R-CNN for ``cfg`` on ``resolve_device(cfg)``, random weights.
+
+    Load pretrained/checkpoint weights afterwards with ``load_weights(model, cfg.MODEL.WEIGHTS)``.
+    """
+    engine = check_engine(cfg)
+    if engine != "torchvision":
+        raise ConfigError(
+            "MODEL.ENGINE 'detectron2' is importable, but pcna_seg builds models with torchvision only; "
+            "set MODEL.ENGINE torchvision"
+        )
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE must be GeneralizedRCNN, got {cfg.MODEL.META_ARCHITECTURE!r}"
+        )
+    channels = list(cfg.INPUT.CHANNELS)
+    mean, std = [float(v) for v in cfg.MODEL.PIXEL_MEAN], [float(v) for v in cfg.MODEL.PIXEL_STD]
+    for key, vals in (("PIXEL_MEAN", mean), ("PIXEL_STD", std)):
+        if len(vals) != len(channels):
+            raise ConfigError(f"MODEL.{key} has {len(vals)} values but INPUT.CHANNELS has {len(channels)}")
+    if any(s <= 0 for s in std):
+        raise ConfigError(f"MODEL.PIXEL_STD values must be > 0, got {std}")
+    num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    if num_classes < 1:
+        raise ConfigError(f"MODEL.ROI_HEADS.NUM_CLASSES must be >= 1, got {num_classes}")
+
+    backbone = build_backbone(cfg)
+    out_ch = backbone.out_channels
+    featmaps = [str(i) for i in range(len(cfg.MODEL.FPN.IN_FEATURES))]
+    anchors = _anchor_generator(cfg, len(featmaps) + 1)
+    r = cfg.MODEL.RPN
+    rpn_bg, rpn_fg = _thresholds(r.IOU_THRESHOLDS, "MODEL.RPN.IOU_THRESHOLDS")
+    rpn = RegionProposalNetwork(
+        anchors,
+        RPNHead(out_ch, anchors.num_anchors_per_location()[0]),
+        fg_iou_thresh=rpn_fg,
+        bg_iou_thresh=rpn_bg,
+        batch_size_per_image=int(r.BATCH_SIZE_PER_IMAGE),
+        positive_fraction=float(r.POSITIVE_FRACTION),
+        pre_nms_top_n={"training": int(r.PRE_NMS_TOPK_TRAIN), "testing": int(r.PRE_NMS_TOPK_TEST)},
+        post_nms_top_n={"training": int(r.POST_NMS_TOPK_TRAIN), "testing": int(r.POST_NMS_TOPK_TEST)},
+        nms_thresh=float(r.NMS_THRESH),
+    )
+    h = cfg.MODEL.ROI_HEADS
+    box_pool, box_head, box_pred = build_box_head(
+        out_ch,
+        featmaps,
+        int(cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION),
+        int(cfg.MODEL.ROI_BOX_HEAD.FC_DIM),
+        num_classes,
+    )
+    mask_parts: tuple[Any, Any, Any] = (None, None, None)
+    if cfg.MODEL.MASK_ON:
+        m = cfg.MODEL.ROI_MASK_HEAD
+        mask_parts = build_mask_head(
+            out_ch, featmaps, int(m.POOLER_RESOLUTION), int(m.CONV_DIM), int(m.NUM_CONV), num_classes
+        )
+    bg, fg = _thresholds(h.IOU_THRESHOLDS, "MODEL.ROI_HEADS.IOU_THRESHOLDS")
+    roi_heads = PcnaRoIHeads(
+        box_pool,
+        box_head,
+        box_pred,
+        fg,
+        bg,
+        int(h.BATCH_SIZE_PER_IMAGE),
+        float(h.POSITIVE_FRACTION),
+        None,
+        float(h.SCORE_THRESH_TEST),
+        float(h.NMS_THRESH_TEST),
+        int(cfg.TEST.DETECTIONS_PER_IMAGE),
+        mask_roi_pool=mask_parts[0],
+        mask_head=mask_parts[1],
+        mask_predictor=mask_parts[2],
+        one_class_per_box=bool(h.get("ONE_CLASS_PER_BOX", True)),
+    )
+    transform = NoResizeTransform(min_size=1, max_size=1, image_mean=mean, image_std=std)
+    model = PcnaMaskRCNN(backbone, rpn, roi_heads, transform, num_classes, channels)
+    device = resolve_device(cfg)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "Built Mask R-CNN R%d-FPN (%d input channels %s, %d classes, %.1fM trainable parameters) on %s",
+        int(cfg.MODEL.RESNETS.DEPTH),
+        len(channels),
+        channels,
+        num_classes,
+        n_train / 1e6,
+        device,
+    )
+    return model.to(device)
