@@ -29,7 +29,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             arr = tifffile.imread(path)
         except Exception as exc:  # tifffile raises many types for corrupt files
             raise DataError(f"Cannot read TIFF {path}: {exc}") from None
-        return np.asarray(arr)
+        arr = np.asarray(arr)
+        if arr.size == 0:
+            raise DataError(f"Cannot read TIFF {path}: it holds no pixels (truncated or corrupt)")
+        return arr
     buf = np.fromfile(path, dtype=np.uint8)
     arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if arr is None:
