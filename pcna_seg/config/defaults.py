@@ -242,8 +242,11 @@ _C.UNET.INFER.SAVE_PROBS = False  # also write float16 probability maps (K, H, W
 # ---------------------------------------------------------------------------------------------
 _C.CAMPAIGN = CN()
 _C.CAMPAIGN.NAME = ""
-_C.CAMPAIGN.STAGES = []  # list of stage config files, run in order, weights chained
-_C.CAMPAIGN.EXECUTOR = "local"  # "local" or "pbs"
+_C.CAMPAIGN.STAGES = []  # stage config files (relative to the campaign file), run in order
+_C.CAMPAIGN.STAGE_OPTS = []  # optional, one string per stage: "KEY VALUE KEY VALUE" overrides
+_C.CAMPAIGN.CHAIN_WEIGHTS = True  # stage k starts from stage k-1's model_final.pth
+_C.CAMPAIGN.EXECUTOR = "local"  # "local" (run now) or "pbs" (write qsub scripts chained by afterok)
+_C.CAMPAIGN.PBS_RESOURCES = "select=1:ncpus=8:ngpus=1,walltime=24:00:00"  # #PBS -l line
 
 
 def get_default_config() -> CN:

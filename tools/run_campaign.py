@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Run a staged fine-tuning campaign (several train_net stages, weights chained) as one command.
+
+    python tools/run_campaign.py --config-file configs/campaigns/quick_pcna_staged.yaml [KEY VALUE ...]
+    python tools/run_campaign.py --config-file ... --dry-run      # print the plan only
+
+Trailing KEY VALUE overrides apply to every stage (e.g. DATASETS.ROOT /data SOLVER.MAX_ITER 100).
+Re-running skips finished stages and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pcna_seg.cli_utils import setup_logging, user_errors_exit  # noqa: E402
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, help="campaign YAML (CAMPAIGN.STAGES ...)")
+    parser.add_argument("--dry-run", action="store_true", help="print each stage's command, train nothing")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage")
+    args = parser.parse_args(argv)
+    setup_logging()
+    from pcna_seg.campaign import run_campaign
+
+    summary = run_campaign(args.config_file, args.opts, dry_run=args.dry_run)
+    for row in summary["stages"]:
+        print(
+            f"stage {row['index']} {row['name']:<24} was {row['was']:<8} {json.dumps(row.get('metrics', {}))}"
+        )
+        if "command" in row:
+            print(f"    {row['command']}")
+    if summary.get("pbs_submit"):
+        print(f"PBS scripts written; submit with: bash {summary['pbs_submit']}")
+
+
+if __name__ == "__main__":
+    main()
