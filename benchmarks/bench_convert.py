@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pcna_seg.data.converters.dsb2018 import convert, default_workers
+from pcna_seg.data.converters.base import default_workers
+from pcna_seg.data.converters.dsb2018 import convert
 from pcna_seg.data.synthetic.write_dsb2018 import write
 
 

@@ -21,6 +21,7 @@ threshold keeps dim (e.g. mitotic) nuclei inside the mask at the cost of some ba
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from pcna_seg.data.image_io import check_pixels, read_image, to_gray
-from pcna_seg.errors import DataError
+from pcna_seg.errors import ConfigError, DataError
 
 GRAY = "gray"
 OTSU = "otsu_mask"
@@ -81,26 +82,47 @@ def otsu_mask(rescaled: np.ndarray, sigma: float = 2.0, offset: float = 0.1) -> 
     return (smooth > thresh).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """How channels are normalised and the Otsu mask is made (``INPUT.SATURATION.*``, ``INPUT.OTSU.*``)."""
+
+    sat_low: float = 2.0  # INPUT.SATURATION.LOW: lower percentile, maps to 0
+    sat_high: float = 98.0  # INPUT.SATURATION.HIGH: upper percentile, maps to 1
+    gamma: float = 1.0  # INPUT.SATURATION.GAMMA: x ** gamma after rescaling
+    otsu_sigma: float = 2.0  # INPUT.OTSU.SIGMA: Gaussian smoothing before thresholding, pixels
+    otsu_offset: float = 0.1  # INPUT.OTSU.OFFSET: threshold = otsu - offset on the [0, 1] scale
+    otsu_source: str = "pcna"  # INPUT.OTSU.SOURCE: channel the Otsu mask is computed from
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Normalization:
+        """From a config's ``INPUT.SATURATION`` and ``INPUT.OTSU`` nodes."""
+        sat, otsu = cfg.INPUT.SATURATION, cfg.INPUT.OTSU
+        return cls(
+            sat_low=float(sat.LOW),
+            sat_high=float(sat.HIGH),
+            gamma=float(sat.GAMMA),
+            otsu_sigma=float(otsu.SIGMA),
+            otsu_offset=float(otsu.OFFSET),
+            otsu_source=str(otsu.SOURCE),
+        )
+
+    def check(self) -> Normalization:
+        """Itself; ConfigError unless 0 <= sat_low < sat_high <= 100."""
+        if not 0 <= self.sat_low < self.sat_high <= 100:
+            raise ConfigError(
+                "INPUT.SATURATION.LOW/HIGH must satisfy 0 <= LOW < HIGH <= 100, "
+                f"got {self.sat_low}, {self.sat_high}"
+            )
+        return self
+
+
 class ChannelLoader:
-    """Reads and normalises the channels of one record, each file at most once.
+    """Reads and normalises the channels of one record, each file at most once."""
 
-    Args mirror ``INPUT.SATURATION.*`` and ``INPUT.OTSU.*``.
-    """
-
-    def __init__(
-        self,
-        record: dict[str, Any],
-        sat_low: float = 2.0,
-        sat_high: float = 98.0,
-        gamma: float = 1.0,
-        otsu_sigma: float = 2.0,
-        otsu_offset: float = 0.1,
-        otsu_source: str = "pcna",
-    ) -> None:
+    def __init__(self, record: dict[str, Any], norm: Normalization = Normalization()) -> None:
         self.record = record
-        self.sat_low, self.sat_high, self.gamma = sat_low, sat_high, gamma
-        self.otsu_sigma, self.otsu_offset = otsu_sigma, otsu_offset
-        self.otsu_source = resolve_otsu_source(record, otsu_source)
+        self.norm = norm
+        self.otsu_source = resolve_otsu_source(record, norm.otsu_source)
         self._raw: dict[str, np.ndarray] = {}
         self._norm: dict[tuple[str, float], np.ndarray] = {}
 
@@ -135,36 +157,32 @@ class ChannelLoader:
 
     def normalized(self, name: str, gamma: float | None = None) -> np.ndarray:
         """(H, W) float32 in [0, 1]: percentile-normalised channel ``name``."""
-        g = self.gamma if gamma is None else gamma
+        g = self.norm.gamma if gamma is None else gamma
         key = (name, g)
         if key not in self._norm:
-            self._norm[key] = percentile_normalize(self.raw(name), self.sat_low, self.sat_high, g)
+            self._norm[key] = percentile_normalize(self.raw(name), self.norm.sat_low, self.norm.sat_high, g)
         return self._norm[key]
 
     def channel(self, name: str) -> np.ndarray:
         """(H, W) float32 input channel for recipe entry ``name``."""
         if name == OTSU:
-            return otsu_mask(self.normalized(self.otsu_source, 1.0), self.otsu_sigma, self.otsu_offset)
+            rescaled = self.normalized(self.otsu_source, 1.0)
+            return otsu_mask(rescaled, self.norm.otsu_sigma, self.norm.otsu_offset)
         return self.normalized(name)
 
 
 def build_input(
-    record: dict[str, Any],
-    recipe: Sequence[str],
-    sat_low: float = 2.0,
-    sat_high: float = 98.0,
-    gamma: float = 1.0,
-    otsu_sigma: float = 2.0,
-    otsu_offset: float = 0.1,
-    otsu_source: str = "pcna",
+    record: dict[str, Any], recipe: Sequence[str], norm: Normalization | None = None, **overrides: Any
 ) -> np.ndarray:
     """Build the (H, W, C) float32 input for ``record`` following ``recipe`` (C = len(recipe)).
 
-    All channels must have the same size; DataError names the record and the channel otherwise.
+    ``norm`` (default :class:`Normalization`'s defaults) with ``overrides`` of its fields
+    (``sat_low=``, ``otsu_source=``, ...). All channels must have the same size; DataError
+    names the record and the channel otherwise.
     """
     if not recipe:
         raise DataError("INPUT.CHANNELS is empty; name at least one channel")
-    loader = ChannelLoader(record, sat_low, sat_high, gamma, otsu_sigma, otsu_offset, otsu_source)
+    loader = ChannelLoader(record, replace(norm or Normalization(), **overrides))
     cache: dict[str, np.ndarray] = {}
     planes = []
     for name in recipe:

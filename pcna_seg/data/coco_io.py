@@ -31,6 +31,20 @@ Record = dict[str, Any]
 _IMAGE_KEYS = ("sequence", "frame")
 
 
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The parsed JSON of ``path``; DataError naming the file when it cannot be read or parsed.
+
+    ``what`` prefixes the path in messages (e.g. ``"VIA project "``).
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"Malformed JSON in {what}{path}: {exc.msg} at line {exc.lineno}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"Cannot read {what}{path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def _rel(path: str, root: Path) -> str:
     p = Path(path)
     try:
@@ -99,11 +113,7 @@ def load_coco(path: str | os.PathLike) -> tuple[list[Record], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"COCO file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"Malformed JSON in {path}: {exc.msg} at line {exc.lineno}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or "images" not in data:
         raise DataError(f"{path} is not a COCO file (no 'images' list)")
     cats = sorted(data.get("categories", []), key=lambda c: c["id"])

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pcna_seg.data import transforms as T
-from pcna_seg.data.channels import NON_FLUORESCENCE, OTSU, build_input
+from pcna_seg.data.channels import NON_FLUORESCENCE, OTSU, Normalization, build_input
 from pcna_seg.data.structures import segmentation_to_mask
 from pcna_seg.errors import ConfigError, DataError
 
@@ -43,12 +43,7 @@ class DatasetMapper:
         *,
         is_train: bool,
         channels: Sequence[str] = ("gray", "gray", "gray"),
-        sat_low: float = 2.0,
-        sat_high: float = 98.0,
-        gamma: float = 1.0,
-        otsu_sigma: float = 2.0,
-        otsu_offset: float = 0.1,
-        otsu_source: str = "pcna",
+        norm: Normalization | None = None,
         min_size_train: Sequence[int] = (0,),
         min_size_sampling: str = "choice",
         max_size_train: int = 0,
@@ -70,16 +65,7 @@ class DatasetMapper:
         self.channels = [str(c) for c in channels]
         if not self.channels:
             raise ConfigError("INPUT.CHANNELS is empty; name at least one channel")
-        self.sat_low, self.sat_high, self.gamma = float(sat_low), float(sat_high), float(gamma)
-        if not 0 <= self.sat_low < self.sat_high <= 100:
-            raise ConfigError(
-                f"INPUT.SATURATION.LOW/HIGH must satisfy 0 <= LOW < HIGH <= 100, got {sat_low}, {sat_high}"
-            )
-        self.otsu_sigma, self.otsu_offset, self.otsu_source = (
-            float(otsu_sigma),
-            float(otsu_offset),
-            otsu_source,
-        )
+        self.norm = (norm or Normalization()).check()
         self.min_size_train = [int(s) for s in min_size_train]
         self.min_size_sampling = min_size_sampling
         self.max_size_train = int(max_size_train)
@@ -115,12 +101,7 @@ class DatasetMapper:
         return cls(
             is_train=is_train,
             channels=list(inp.CHANNELS),
-            sat_low=inp.SATURATION.LOW,
-            sat_high=inp.SATURATION.HIGH,
-            gamma=inp.SATURATION.GAMMA,
-            otsu_sigma=inp.OTSU.SIGMA,
-            otsu_offset=inp.OTSU.OFFSET,
-            otsu_source=inp.OTSU.SOURCE,
+            norm=Normalization.from_config(cfg),
             min_size_train=list(inp.MIN_SIZE_TRAIN),
             min_size_sampling=inp.MIN_SIZE_TRAIN_SAMPLING,
             max_size_train=inp.MAX_SIZE_TRAIN,
@@ -164,16 +145,7 @@ class DatasetMapper:
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
         """Map one record; see the class docstring for the output layout."""
         file_name = str(record.get("file_name", ""))
-        image = build_input(
-            record,
-            self.channels,
-            self.sat_low,
-            self.sat_high,
-            self.gamma,
-            self.otsu_sigma,
-            self.otsu_offset,
-            self.otsu_source,
-        )
+        image = build_input(record, self.channels, self.norm)
         h0, w0 = image.shape[:2]
         rng = self._generator() if self.is_train else None
 

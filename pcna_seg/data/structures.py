@@ -120,26 +120,76 @@ def masks_to_labels(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarr
     return out
 
 
+def rle_areas(rles: list[RLE]) -> np.ndarray:
+    """Pixel areas of compressed RLEs (bytes ``counts``) as int64, shape (N,).
+
+    Called in chunks: pycocotools' batched ``area`` overflows beyond 255 RLEs with numpy 2.
+    """
+    parts = [mask_utils.area(rles[i : i + 200]) for i in range(0, len(rles), 200)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def bbox_slices(mask: np.ndarray) -> tuple[slice, slice]:
+    """(row slice, column slice) of the tight box of a (H, W) bool mask; empty → 0×0 at (0, 0)."""
+    ys = np.flatnonzero(np.any(mask, axis=1))
+    if ys.size == 0:
+        return slice(0, 0), slice(0, 0)
+    xs = np.flatnonzero(np.any(mask, axis=0))
+    return slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)
+
+
+Crop = tuple[tuple[slice, slice], np.ndarray]
+
+
+def resolve_crop_overlaps(
+    crops: list[Crop], shape: tuple[int, int], areas: np.ndarray | None = None
+) -> tuple[list[np.ndarray], int]:
+    """The overlap rule on bounding-box crops: contested pixels go to the smallest instance.
+
+    ``crops``: one ((row slice, column slice), (h, w) bool crop) per instance in an image of
+    ``shape``; ``areas``: their pixel counts (computed when None). Instances are painted largest
+    first (stable sort, so among equal areas the later one wins) into an (H, W) label image.
+    Returns (kept part of each crop, same box and shape as its input; number of pixels claimed
+    by more than one instance). Memory: two (H, W) images, never one per instance.
+    """
+    if areas is None:
+        areas = np.array([int(np.count_nonzero(c)) for _, c in crops], dtype=np.int64)
+    labels = np.zeros(shape, dtype=np.int32)
+    cover = np.zeros(shape, dtype=np.uint16)
+    for i in np.argsort(-np.asarray(areas), kind="stable").tolist():
+        sl, crop = crops[i]
+        labels[sl][crop] = i + 1
+        cover[sl][crop] += 1
+    kept = [crop & (labels[sl] == i + 1) for i, (sl, crop) in enumerate(crops)]
+    return kept, int((cover > 1).sum())
+
+
 def resolve_overlaps(masks: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
     """Make instance masks disjoint: a pixel claimed by several goes to the smallest instance.
 
     Rule (documented in the README): smaller objects are usually the ones partly hidden by a
     larger neighbour's outline, so they keep contested pixels. Returns (masks, n_overlapping
-    pixels). Masks emptied by the rule are kept (empty) so indices stay aligned.
+    pixels). Masks emptied by the rule are kept (empty) so indices stay aligned. Works on
+    bounding-box crops (:func:`resolve_crop_overlaps`); masks that lose nothing are returned
+    as given (as bool arrays), only the trimmed ones are new arrays.
     """
     if not masks:
         return masks, 0
-    stack = np.stack([np.asarray(m, dtype=bool) for m in masks])
-    cover = stack.sum(axis=0)
-    n_overlap = int((cover > 1).sum())
-    if n_overlap == 0:
-        return list(stack), 0
-    areas = stack.reshape(len(masks), -1).sum(axis=1)
-    order = np.argsort(-areas, kind="stable")  # paint large first, small last wins
-    labels = np.zeros(stack.shape[1:], dtype=np.int64)
-    for i in order:
-        labels[stack[i]] = i + 1
-    return [labels == i + 1 for i in range(len(masks))], n_overlap
+    arrs = [np.asarray(m, dtype=bool) for m in masks]
+    shape = arrs[0].shape
+    if any(a.shape != shape for a in arrs):
+        raise ValueError(f"resolve_overlaps needs masks of one shape, got {sorted({a.shape for a in arrs})}")
+    crops = [(sl, a[sl]) for a, sl in ((a, bbox_slices(a)) for a in arrs)]
+    kept, n_overlap = resolve_crop_overlaps(crops, shape)
+    out = []
+    for a, (sl, crop), k in zip(arrs, crops, kept):
+        if np.array_equal(k, crop):
+            out.append(a)
+        else:
+            m = np.zeros(shape, dtype=bool)
+            m[sl] = k
+            out.append(m)
+    return out, n_overlap
 
 
 def make_annotation(mask: np.ndarray, category_id: int, **extra: Any) -> dict[str, Any]:

@@ -170,7 +170,7 @@ def test_empty_mask_skipped_and_overlap_resolved(dsb, tmp_path: Path) -> None:
 def test_finish_rles_many_instances() -> None:
     from pycocotools import mask as mask_utils
 
-    from pcna_seg.data.converters.dsb2018 import finish_rles
+    from pcna_seg.data.converters.base import finish_rles
 
     m = np.zeros((40, 60, 300), dtype=np.uint8, order="F")
     for i in range(300):  # 300 disjoint 2-px objects (> 255 trips pycocotools' batched area)

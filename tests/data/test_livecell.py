@@ -11,7 +11,7 @@ import pytest
 from _roundtrip import assert_roundtrip
 
 from pcna_seg.data.converters import get_converter
-from pcna_seg.data.converters.dsb2018 import resolve_rle_overlaps
+from pcna_seg.data.converters.base import resolve_rle_overlaps
 from pcna_seg.data.converters.livecell import (
     convert,
     recommended_max_dets,

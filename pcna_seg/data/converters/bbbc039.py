@@ -20,7 +20,6 @@ images go to ``test.json`` and to a ``test`` list in ``split.json``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -30,14 +29,20 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pcna_seg.data.coco_io import CardBuilder, write_coco, write_prepared_dataset
-from pcna_seg.data.converters.base import record_from_labels
-from pcna_seg.data.converters.dsb2018 import collect, image_summary, parallel_map
-from pcna_seg.data.image_io import check_pixels, read_image, to_gray, write_image
+from pcna_seg.data.coco_io import CardBuilder, write_coco
+from pcna_seg.data.converters.base import (
+    CLASS_NAMES,
+    collect,
+    finish,
+    image_summary,
+    parallel_map,
+    read_gray,
+    record_from_labels,
+)
+from pcna_seg.data.image_io import read_image, write_image
 from pcna_seg.errors import DataError
 
 logger = logging.getLogger(__name__)
-CLASS_NAMES = ["nucleus"]
 SPLIT_FILES = {"train": "training.txt", "val": "validation.txt", "test": "test.txt"}
 _WELL = re.compile(r"^(?P<plate>.+?)_(?P<well>[A-Za-z]{1,2}\d{1,2})_s\d+")
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -75,11 +80,7 @@ def colours_to_labels(colours: np.ndarray, min_area: int = 0) -> tuple[np.ndarra
 
 def _convert_one(task: dict[str, Any]) -> dict[str, Any]:
     img_path, mask_path = Path(task["image"]), Path(task["mask"])
-    arr = read_image(img_path)
-    check_pixels(arr, img_path)
-    if arr.ndim not in (2, 3) or arr.size == 0:
-        raise DataError(f"Cannot read image {img_path}: got an array of shape {arr.shape}")
-    gray = to_gray(arr)
+    gray = read_gray(img_path)
     if not mask_path.is_file():
         raise DataError(f"Missing mask file {mask_path} for image {img_path.name}")
     mask = read_image(mask_path)
@@ -171,8 +172,8 @@ def convert(
             card.note(f"{len(records) - len(listed)} images are in no metadata list (in no split)")
         card.note(f"test split: {len(split['test'])} images from metadata/test.txt (test.json)")
         card.note("split taken from metadata/*.txt as given (it may put sites of one well on both sides)")
-    write_prepared_dataset(out, records, CLASS_NAMES, card, val_fraction=val_fraction, seed=seed, split=split)
+    card_dict = finish(out, records, CLASS_NAMES, card, val_fraction, seed, split)
     if split is not None:
         test_ids = set(split["test"])
         write_coco(out / "test.json", [r for r in records if r["image_id"] in test_ids], CLASS_NAMES)
-    return json.loads((out / "dataset_card.json").read_text(encoding="utf-8"))
+    return card_dict

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from pcna_seg.data.coco_io import CardBuilder
-from pcna_seg.data.converters.deepcell import (
+from pcna_seg.data.converters.base import (
     CLASS_NAMES,
+    Record,
     as_image,
     check_labels,
     finish,
@@ -42,7 +43,8 @@ from pcna_seg.errors import DataError
 from pcna_seg.utils_io import write_json_atomic
 
 logger = logging.getLogger(__name__)
-Record = dict[str, Any]
+#: frames converted at once (thread pool)
+WORKERS = 2
 
 _SEQ_RE = re.compile(r"^\d{2}$")
 _RAW_RE = re.compile(r"^t(\d{3,4})\.tiff?$")
@@ -217,7 +219,7 @@ def convert(
     card = CardBuilder(datasets[0].name if len(datasets) == 1 else src.name, CLASS_NAMES, "ctc")
     records: list[Record] = []
     n_missed = n_incomplete = n_blank = 0
-    for rec, img, missed in parallel_map(one, jobs, progress, "ctc"):
+    for rec, img, missed in parallel_map(one, jobs, WORKERS, progress, "ctc", threads=True):
         card.add(rec, img)
         records.append(rec)
         n_missed += missed
@@ -237,4 +239,4 @@ def convert(
     if tracks:
         write_json_atomic(out / "tracks.json", tracks, indent=1)
     logger.info("ctc: %d annotated frames → %s", len(records), out)
-    return finish(out, records, card, val_fraction, seed)
+    return finish(out, records, CLASS_NAMES, card, val_fraction, seed)

@@ -28,25 +28,29 @@ import json
 import logging
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from pcna_seg.data.coco_io import CardBuilder, write_prepared_dataset
-from pcna_seg.data.image_io import check_pixels, write_image
-from pcna_seg.data.structures import labels_to_masks, make_annotation
+from pcna_seg.data.coco_io import CardBuilder
+from pcna_seg.data.converters.base import (
+    CLASS_NAMES,
+    Record,
+    as_image,
+    check_labels,
+    finish,
+    parallel_map,
+    record_from_labels,
+)
+from pcna_seg.data.image_io import write_image
 from pcna_seg.errors import ConfigError, DataError
 from pcna_seg.utils_io import write_json_atomic
 
 logger = logging.getLogger(__name__)
-Record = dict[str, Any]
-CLASS_NAMES = ["nucleus"]
-T = TypeVar("T")
-R = TypeVar("R")
+#: frames converted at once (thread pool; reading and PNG/TIFF writing release the GIL)
+WORKERS = 2
 
 LEAK_WARNING = (
     "{src}: frames are split one by one because neither frames_per_movie nor movie_key was given; "
@@ -57,51 +61,6 @@ LEAK_WARNING = (
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def check_labels(arr: np.ndarray, source: str) -> np.ndarray:
-    """Validate a (H, W) instance label image and return it as int64; DataError names ``source``.
-
-    Accepts integer dtypes and floats holding whole numbers; rejects NaN/inf, fractional and
-    negative values.
-    """
-    arr = np.asarray(arr)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)):
-            raise DataError(f"Label image {source} contains NaN or infinite values")
-        if not np.all(np.mod(arr, 1) == 0):
-            raise DataError(f"Label image {source} holds non-integer values; expected instance ids")
-    elif arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"Label image {source} has dtype {arr.dtype}; expected integer instance ids")
-    if arr.size and arr.min() < 0:
-        raise DataError(f"Label image {source} holds negative values; expected ids >= 0")
-    return arr.astype(np.int64, copy=False)
-
-
-def label_annotations(labels: np.ndarray, track_ids: bool = False) -> list[dict[str, Any]]:
-    """Annotations (class 0) for every id of a (H, W) int label image, ordered by id.
-
-    With ``track_ids`` each annotation gets ``track_id`` = its label id.
-    """
-    ids, masks = labels_to_masks(labels)
-    extra = (lambda i: {"track_id": int(i)}) if track_ids else (lambda i: {})
-    return [make_annotation(m, 0, **extra(i)) for i, m in zip(ids.tolist(), masks)]
-
-
-def as_image(arr: np.ndarray, source: str) -> np.ndarray:
-    """Check pixels (dtype, NaN) naming ``source``; floats become float32, integers are kept."""
-    check_pixels(arr, source)
-    return arr.astype(np.float32, copy=False) if np.issubdtype(arr.dtype, np.floating) else arr
-
-
-def parallel_map(
-    func: Callable[[T], R], items: list[T], progress: bool, desc: str, workers: int = 2
-) -> list[R]:
-    """``[func(x) for x in items]`` on a small thread pool (order kept), with a tqdm bar."""
-    if len(items) < 4:
-        return [func(x) for x in tqdm(items, desc=desc, disable=not progress)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(func, items), total=len(items), desc=desc, disable=not progress))
-
-
 def list_inputs(src: str | Path, suffixes: Iterable[str], what: str) -> list[Path]:
     """``src`` itself when it is a file, else its files with one of ``suffixes`` (sorted)."""
     src = Path(src)
@@ -113,13 +72,6 @@ def list_inputs(src: str | Path, suffixes: Iterable[str], what: str) -> list[Pat
     if not files:
         raise DataError(f"No {'/'.join(suffixes)} files in {src}")
     return files
-
-
-def finish(out: Path, records: list[Record], card: CardBuilder, val_fraction: float, seed: int) -> dict:
-    """Write the prepared dataset and return the dataset card as written."""
-    paths = write_prepared_dataset(out, records, CLASS_NAMES, card, val_fraction, seed)
-    with open(paths["card"], encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def _channels_last(arr: np.ndarray, name: str, source: Path, ndim: int) -> np.ndarray:
@@ -224,14 +176,11 @@ def convert_npz(
             labels = check_labels(y[i, :, :, y_channel], f"{path} [{y_key}][{i}]")
             file_name = out / "images" / f"{image_id}.tif"
             write_image(file_name, img)
-            h, w = labels.shape
-            rec: Record = {"file_name": str(file_name), "height": int(h), "width": int(w)}
-            rec.update(image_id=image_id, frame=frames[i], annotations=label_annotations(labels))
-            if seqs is not None:
-                rec["sequence"] = seqs[i]
-            return rec, img
+            extra = {"sequence": seqs[i]} if seqs is not None else {}
+            return record_from_labels(str(file_name), image_id, labels, frame=frames[i], **extra), img
 
-        for rec, img in parallel_map(one, list(range(x.shape[0])), progress, f"deepcell {path.name}"):
+        items = list(range(x.shape[0]))
+        for rec, img in parallel_map(one, items, WORKERS, progress, f"deepcell {path.name}", threads=True):
             card.add(rec, img)
             records.append(rec)
     if leak:
@@ -241,7 +190,7 @@ def convert_npz(
     else:
         card.note(f"split by movie ({len(card.sequences)} movies)")
     logger.info("deepcell_npz: %d frames from %d file(s) → %s", len(records), len(files), out)
-    return finish(out, records, card, val_fraction, seed)
+    return finish(out, records, CLASS_NAMES, card, val_fraction, seed)
 
 
 # ------------------------------------------------------------------------------------------- trks
@@ -352,14 +301,12 @@ def convert_trks(
             image_id = f"{path.stem}_b{b}_t{t:03d}"
             file_name = out / "images" / f"{image_id}.tif"
             write_image(file_name, img)
-            h, w = labels.shape
-            rec: Record = {"file_name": str(file_name), "height": int(h), "width": int(w)}
-            rec.update(image_id=image_id, sequence=f"{path.stem}_b{b}", frame=t)
-            rec["annotations"] = label_annotations(labels, track_ids=True)
+            seq = f"{path.stem}_b{b}"
+            rec = record_from_labels(str(file_name), image_id, labels, track_ids=True, sequence=seq, frame=t)
             return b, rec, img
 
         items = [(b, t) for b in range(raw.shape[0]) for t in range(raw.shape[1])]
-        for res in parallel_map(one, items, progress, f"deepcell {path.name}"):
+        for res in parallel_map(one, items, WORKERS, progress, f"deepcell {path.name}", threads=True):
             if res is None:
                 n_pad += 1
                 continue
@@ -382,4 +329,4 @@ def convert_trks(
         logger.warning("%d track(s) in tracked.npy are missing from the lineage file", n_unlisted)
     write_json_atomic(out / "tracks.json", tracks, indent=1)
     logger.info("deepcell_trks: %d frames from %d file(s) → %s", len(records), len(files), out)
-    return finish(out, records, card, val_fraction, seed)
+    return finish(out, records, CLASS_NAMES, card, val_fraction, seed)

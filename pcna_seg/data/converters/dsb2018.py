@@ -28,145 +28,30 @@ processed in a process pool (``workers``; default ``min(4, cpu_count)``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
-from pcna_seg.data.coco_io import CardBuilder, write_prepared_dataset
-from pcna_seg.data.image_io import check_pixels, read_image, to_gray, write_image
-from pcna_seg.data.rle_csv import RleCsv, crop_to_rle, kaggle_to_coco_rle, read_rle_csv, rle_to_crop
+from pcna_seg.data.coco_io import CardBuilder
+from pcna_seg.data.converters.base import (
+    CLASS_NAMES,
+    collect,
+    finish,
+    finish_rles,
+    image_summary,
+    parallel_map,
+    read_gray,
+)
+from pcna_seg.data.image_io import write_image
+from pcna_seg.data.rle_csv import RleCsv, crop_to_rle, kaggle_to_coco_rle, read_rle_csv
 from pcna_seg.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
-CLASS_NAMES = ["nucleus"]
-Record = dict[str, Any]
-
-
-def default_workers() -> int:
-    """Worker processes used when ``workers`` is None: ``min(4, os.cpu_count())``."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-def parallel_map(
-    fn: Callable[[Any], Any],
-    tasks: list[Any],
-    workers: int | None = None,
-    progress: bool = True,
-    desc: str = "",
-) -> list[Any]:
-    """``[fn(t) for t in tasks]`` in a process pool (order kept), with a tqdm bar.
-
-    Runs in-process when ``workers <= 1`` or there are fewer than 4 tasks. The first
-    exception raised by ``fn`` (e.g. a DataError) cancels the remaining tasks and propagates.
-    """
-    workers = default_workers() if workers is None else int(workers)
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, unit="img")
-    try:
-        if workers <= 1 or len(tasks) < 4:
-            out = []
-            for t in tasks:
-                out.append(fn(t))
-                bar.update()
-            return out
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)))
-        try:
-            chunk = max(1, min(16, len(tasks) // (workers * 8)))
-            out = []
-            for res in pool.map(fn, tasks, chunksize=chunk):
-                out.append(res)
-                bar.update()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        return out
-    finally:
-        bar.close()
-
-
-def rle_areas(rles: list[dict]) -> np.ndarray:
-    """Pixel areas of compressed RLEs as int64, shape (N,).
-
-    Called in chunks: pycocotools 2.0.11's batched ``area`` overflows beyond 255 RLEs.
-    """
-    parts = [mask_utils.area(rles[i : i + 200]) for i in range(0, len(rles), 200)]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
-
-
-def resolve_rle_overlaps(rles: list[dict], height: int, width: int) -> tuple[list[dict | None], int]:
-    """Make compressed RLEs (bytes ``counts``) disjoint: contested pixels go to the smallest.
-
-    Same rule and tie order as ``structures.resolve_overlaps`` (paint largest first, stable
-    sort, later paint wins) but on bounding-box crops, never stacking full masks. Overlaps are
-    detected without decoding (area of the union vs. sum of areas). Returns (RLEs, None for
-    instances left empty, number of contested pixels).
-    """
-    if len(rles) < 2:
-        return list(rles), 0
-    areas = rle_areas(rles)
-    if int(mask_utils.area(mask_utils.merge(rles, intersect=False))) == int(areas.sum()):
-        return list(rles), 0
-    crops = [rle_to_crop(r) for r in rles]
-    labels = np.zeros((height, width), dtype=np.int32)
-    cover = np.zeros((height, width), dtype=np.uint16)
-    for i in np.argsort(-areas, kind="stable").tolist():
-        sl, crop = crops[i]
-        labels[sl][crop] = i + 1
-        cover[sl][crop] += 1
-    out: list[dict | None] = []
-    for i, (sl, crop) in enumerate(crops):
-        kept = crop & (labels[sl] == i + 1)
-        if not kept.any():
-            out.append(None)
-        elif np.array_equal(kept, crop):
-            out.append(rles[i])
-        else:
-            out.append(crop_to_rle(kept, sl[0].start, sl[1].start, height, width))
-    return out, int((cover > 1).sum())
-
-
-def finish_rles(
-    rles: list[dict], height: int, width: int, category_ids: list[int] | None = None
-) -> tuple[list[dict], int, int]:
-    """Resolve overlaps of compressed RLEs (``counts`` bytes) and build record annotations.
-
-    Returns (annotations with str ``counts`` and mask-derived boxes, contested pixels,
-    instances dropped because smaller ones covered them entirely).
-    """
-    resolved, n_overlap = resolve_rle_overlaps(rles, height, width)
-    cats = category_ids if category_ids is not None else [0] * len(rles)
-    kept = [(r, c) for r, c in zip(resolved, cats) if r is not None]
-    anns = []
-    if kept:
-        boxes = mask_utils.toBbox([r for r, _ in kept])
-        areas = rle_areas([r for r, _ in kept])
-        for (rle, cat), box, area in zip(kept, boxes, areas):
-            anns.append(
-                {
-                    "bbox": [float(v) for v in box],
-                    "bbox_mode": "XYWH_ABS",
-                    "segmentation": {"size": [height, width], "counts": rle["counts"].decode("ascii")},
-                    "area": float(area),
-                    "category_id": int(cat),
-                    "iscrowd": 0,
-                }
-            )
-    return anns, n_overlap, len(rles) - len(kept)
-
-
-def image_summary(arr: np.ndarray) -> np.ndarray:
-    """A 2-element array with the image's dtype, min and max (what CardBuilder needs)."""
-    return np.array([arr.min(), arr.max()], dtype=arr.dtype)
 
 
 def _samples_root(src: Path) -> Path:
@@ -192,11 +77,7 @@ def _convert_one(task: dict[str, Any]) -> dict[str, Any]:
     img_path = sdir / "images" / f"{sid}.png"
     if not img_path.is_file():
         raise DataError(f"Missing image file {img_path}")
-    arr = read_image(img_path)
-    check_pixels(arr, img_path)
-    if arr.ndim not in (2, 3) or arr.size == 0:
-        raise DataError(f"Cannot read image {img_path}: got an array of shape {arr.shape}")
-    gray = to_gray(arr)
+    gray = read_gray(img_path)
     h, w = gray.shape
     write_image(task["out_image"], gray)
     n_empty = 0
@@ -319,28 +200,4 @@ def convert(
         )
     results = parallel_map(_convert_one, tasks, workers, progress, desc="dsb2018")
     records = collect(results, card)
-    write_prepared_dataset(out, records, CLASS_NAMES, card, val_fraction=val_fraction, seed=seed)
-    return json.loads((out / "dataset_card.json").read_text(encoding="utf-8"))
-
-
-def collect(results: Iterable[dict[str, Any]], card: CardBuilder) -> list[Record]:
-    """Records from worker results; adds each to ``card`` and notes empty masks / overlaps."""
-    records = []
-    n_empty = n_overlap = n_overlap_images = n_hidden = 0
-    for res in results:
-        records.append(res["record"])
-        card.add(res["record"], res["summary"])
-        n_empty += res.get("n_empty", 0)
-        n_overlap += res.get("n_overlap", 0)
-        n_hidden += res.get("n_hidden", 0)
-        n_overlap_images += bool(res.get("n_overlap", 0))
-    if n_empty:
-        card.note(f"{n_empty} empty instance masks were skipped")
-    if n_overlap:
-        card.note(
-            f"{n_overlap} overlapping pixels in {n_overlap_images} images resolved "
-            "(smallest instance keeps contested pixels)"
-        )
-    if n_hidden:
-        card.note(f"{n_hidden} instances were entirely covered by smaller overlapping ones and dropped")
-    return records
+    return finish(out, records, CLASS_NAMES, card, val_fraction, seed)

@@ -23,7 +23,6 @@ Images hold up to ~3000 cells, so the card recommends raising ``TEST.MAX_DETS``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -33,14 +32,16 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pcna_seg.data.coco_io import CardBuilder, write_coco, write_prepared_dataset
-from pcna_seg.data.converters.dsb2018 import (
+from pcna_seg.data.coco_io import CardBuilder, read_json, write_coco
+from pcna_seg.data.converters.base import (
     collect,
+    finish,
     finish_rles,
     image_summary,
     parallel_map,
+    read_gray,
 )
-from pcna_seg.data.image_io import check_pixels, read_image, to_gray, write_image
+from pcna_seg.data.image_io import write_image
 from pcna_seg.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -101,11 +102,7 @@ def _segm_rle(segm: Any, h: int, w: int, where: str) -> dict | None:
 
 def _convert_one(task: dict[str, Any]) -> dict[str, Any]:
     img_path = Path(task["image"])
-    arr = read_image(img_path)
-    check_pixels(arr, img_path)
-    if arr.ndim not in (2, 3) or arr.size == 0:
-        raise DataError(f"Cannot read image {img_path}: got an array of shape {arr.shape}")
-    gray = to_gray(arr)
+    gray = read_gray(img_path)
     h, w = gray.shape
     if (h, w) != (task["height"], task["width"]):
         raise DataError(
@@ -140,13 +137,7 @@ def _convert_one(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"Malformed JSON in {path}: {exc.msg} at line {exc.lineno}") from None
-    except OSError as exc:
-        raise DataError(f"Cannot read {path}: {exc.strerror}") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{path} is not a COCO file (no 'images' list)")
     return data
@@ -268,8 +259,8 @@ def convert(
     if "" not in given:
         split = {k: given.get(k, []) for k in SPLIT_KEYS} | {"by": "files", "seed": int(seed)}
         card.note("split taken from " + ", ".join(p.name for p in files.values()))
-    write_prepared_dataset(out, records, class_names, card, val_fraction=val_fraction, seed=seed, split=split)
+    card_dict = finish(out, records, class_names, card, val_fraction, seed, split)
     if split is not None and split["test"]:
         test_ids = set(split["test"])
         write_coco(out / "test.json", [r for r in records if r["image_id"] in test_ids], class_names)
-    return json.loads((out / "dataset_card.json").read_text(encoding="utf-8"))
+    return card_dict

@@ -28,29 +28,26 @@ Checks that need no pixels (files, shapes, annotations) run before anything is w
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tifffile
-from tqdm import tqdm
 
-from pcna_seg.data.coco_io import CardBuilder, write_prepared_dataset
+from pcna_seg.data.coco_io import CardBuilder
+from pcna_seg.data.converters.base import Record, finish, parallel_map
 from pcna_seg.data.image_io import TIFF_SUFFIXES, check_pixels, read_image, write_image
 from pcna_seg.data.phases import DEFAULT_PHASES, PhaseSet
 from pcna_seg.data.structures import labels_to_masks, make_annotation
 from pcna_seg.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
-Record = dict[str, Any]
 
 DEFAULT_FRAME_REGEX = r"^(?P<movie>.+?)(?:[_-]t|-)(?P<frame>\d+)$"
 _IMAGE_SUFFIXES = (".tiff", ".tif", ".png", ".jpg", ".jpeg")
@@ -245,12 +242,38 @@ def find_one(src: Path, given: str | Path | None, pattern: str, what: str) -> Pa
     return found[0]
 
 
-class ConversionJob:
-    """Shared state of one conversion: output folder, card (thread-safe), channel copies."""
+def check_default_phase(phases: PhaseSet, default_phase: str | None) -> str | None:
+    """``default_phase`` as a configured name (None stays None); ConfigError when unknown."""
+    if default_phase is None:
+        return None
+    name = phases.try_normalize(default_phase)
+    if name is None:
+        raise ConfigError(f"default_phase {default_phase!r} is not one of the phases: {phases.allowed()}")
+    return name
 
-    def __init__(self, out: Path, card: CardBuilder) -> None:
-        self.images = out / "images"
-        self.card = card
+
+class ConversionJob:
+    """One PCNA conversion: the frames under ``src``, the phases, the output folder, the card
+    (thread-safe) and the channel copies. ``discover_options`` go to :func:`discover`."""
+
+    def __init__(
+        self,
+        src: str | Path,
+        out: str | Path,
+        fmt: str,
+        phases: Iterable[str],
+        default_phase: str | None = None,
+        name: str | None = None,
+        **discover_options: Any,
+    ) -> None:
+        self.src, self.out = Path(src), Path(out)
+        if not self.src.is_dir():
+            raise DataError(f"Source folder not found: {self.src}")
+        self.phases = PhaseSet.coerce(phases)
+        self.default_phase = check_default_phase(self.phases, default_phase)
+        self.layout = discover(self.src, exclude=self.out, **discover_options)
+        self.images = self.out / "images"
+        self.card = CardBuilder(name or self.out.name, list(self.phases.names), fmt)
         self.lock = threading.Lock()
 
     def base_record(self, fs: FrameSource) -> tuple[Record, np.ndarray]:
@@ -282,63 +305,29 @@ class ConversionJob:
         with self.lock:
             self.card.add(rec, pixels)
 
+    def run(
+        self,
+        items: list[Any],
+        work: Callable[[Any], tuple[Record, dict[str, Any]]],
+        progress: bool,
+        workers: int,
+        desc: str,
+    ) -> tuple[list[Record], list[dict[str, Any]]]:
+        """Apply ``work`` to every item in a thread pool; (records, stats) sorted by movie, frame."""
+        results = parallel_map(work, items, max(1, int(workers)), progress, desc, threads=True)
+        results.sort(key=lambda r: (r[0]["sequence"], r[0]["frame"]))
+        return [r for r, _ in results], [st for _, st in results]
 
-def run_frames(
-    items: list[Any],
-    work: Callable[[Any], tuple[Record, dict[str, Any]]],
-    progress: bool,
-    workers: int,
-    desc: str,
-) -> tuple[list[Record], list[dict[str, Any]]]:
-    """Apply ``work`` to every item in a thread pool; results sorted by image id."""
-    records, stats = [], []
-    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-        futures = [pool.submit(work, it) for it in items]
-        try:
-            for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc=desc):
-                rec, st = fut.result()
-                records.append(rec)
-                stats.append(st)
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    order = sorted(range(len(records)), key=lambda i: (records[i]["sequence"], records[i]["frame"]))
-    return [records[i] for i in order], [stats[i] for i in order]
+    def finish(self, records: list[Record], val_fraction: float, seed: int) -> dict[str, Any]:
+        """Write the prepared folder (classes = the phase list, in order); return the card."""
+        return finish(self.out, records, list(self.phases.names), self.card, val_fraction, seed)
 
 
-def finish(
-    out: Path, records: list[Record], phases: PhaseSet, card: CardBuilder, val_fraction: float, seed: int
-) -> dict[str, Any]:
-    """Write the prepared folder (classes = the phase list, in order); return the card as written."""
-    paths = write_prepared_dataset(out, records, list(phases.names), card, val_fraction, seed)
-    with open(paths["card"], encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def check_default_phase(phases: PhaseSet, default_phase: str | None) -> str | None:
-    """``default_phase`` as a configured name (None stays None); ConfigError when unknown."""
-    if default_phase is None:
-        return None
-    name = phases.try_normalize(default_phase)
-    if name is None:
-        raise ConfigError(f"default_phase {default_phase!r} is not one of the phases: {phases.allowed()}")
-    return name
-
-
-def convert_via(
-    src: str | Path,
-    out: str | Path,
-    *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    progress: bool = True,
-    **options: Any,
-) -> dict[str, Any]:
+def convert_via(src: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
     """PCNA movies + VIA2 JSON → prepared folder; see :func:`.pcna_via.convert_via` for options."""
     from pcna_seg.data.converters.pcna_via import convert_via as _convert_via
 
-    return _convert_via(src, out, val_fraction=val_fraction, seed=seed, progress=progress, **options)
+    return _convert_via(src, out, **options)
 
 
 def read_phase_csv(
@@ -423,26 +412,14 @@ def convert_masks(
     label) unless ``default_phase`` is given; rows whose label is absent from the mask are
     logged and noted in the card. Annotations carry the mask ``label`` (e.g. a track id).
     """
-    src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise DataError(f"Source folder not found: {src}")
-    pset = PhaseSet.coerce(phases)
-    default = check_default_phase(pset, default_phase)
-    layout = discover(
-        src,
-        pcna_pattern=pcna_pattern,
-        pcna_tag=pcna_tag,
-        dic_tag=dic_tag,
-        mask_tag=mask_tag,
-        require_dic=require_dic,
-        frame_regex=frame_regex,
-        frame_base=frame_base,
-        exclude=out,
-    )
-    csv_path = find_one(src, phase_csv, "*.csv", "phase CSV")
+    job = ConversionJob(
+        src, out, "pcna_masks", phases, default_phase, name,
+        pcna_pattern=pcna_pattern, pcna_tag=pcna_tag, dic_tag=dic_tag, mask_tag=mask_tag,
+        require_dic=require_dic, frame_regex=frame_regex, frame_base=frame_base,
+    )  # fmt: skip
+    pset, default, layout, card = job.phases, job.default_phase, job.layout, job.card
+    csv_path = find_one(job.src, phase_csv, "*.csv", "phase CSV")
     table = read_phase_csv(csv_path, pset, layout, frame_base)
-    card = CardBuilder(name or out.name, list(pset.names), "pcna_masks")
-    job = ConversionJob(out, card)
 
     def work(fs: FrameSource) -> tuple[Record, dict[str, Any]]:
         assert fs.mask is not None
@@ -474,7 +451,7 @@ def convert_masks(
         return rec, {"extra": [(fs.movie, fs.t + frame_base, lab) for lab in extra], "mask": fs.mask}
 
     frames = [layout.frames[k] for k in sorted(layout.frames)]
-    records, stats = run_frames(frames, work, progress, workers, "pcna_masks")
+    records, stats = job.run(frames, work, progress, workers, "pcna_masks")
     extra = [e for s in stats for e in s["extra"]]
     rows_for_missing_frames = [k for k in table if k not in layout.frames]
     n_extra = len(extra) + sum(len(table[k]) for k in rows_for_missing_frames)
@@ -496,4 +473,4 @@ def convert_masks(
             "Mask file(s) with no foreground at all (kept as blank frames): %s", ", ".join(empty_files)
         )
         card.note(f"{len(empty_files)} mask file(s) have no foreground at all")
-    return finish(out, records, pset, card, val_fraction, seed)
+    return job.finish(records, val_fraction, seed)

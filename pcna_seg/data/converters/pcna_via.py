@@ -33,7 +33,6 @@ and counted in the dataset card notes.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -44,19 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from pcna_seg.data.coco_io import CardBuilder
+from pcna_seg.data.coco_io import read_json
+from pcna_seg.data.converters.base import Record
 from pcna_seg.data.converters.pcna import (
     DEFAULT_FRAME_REGEX,
     ConversionJob,
     FrameSource,
     Layout,
-    Record,
-    check_default_phase,
-    discover,
     file_stem,
     find_one,
-    finish,
-    run_frames,
     strip_tag,
 )
 from pcna_seg.data.phases import DEFAULT_PHASES, PhaseSet
@@ -176,13 +171,7 @@ def load_via_project(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"VIA project JSON not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"Malformed JSON in VIA project {path}: {exc.msg} at line {exc.lineno}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"Cannot read VIA project {path}: {exc}") from None
+    data = read_json(path, "VIA project ")
     if isinstance(data, dict) and "_via_img_metadata" in data:
         data = data["_via_img_metadata"]
     if not isinstance(data, dict):
@@ -287,23 +276,14 @@ def convert_via(
     See the module docstring for the layout and policies. Records hold (H, W) PCNA/DIC copies
     and one RLE annotation per kept VIA region, category = index of its phase in ``phases``.
     """
-    src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise DataError(f"Source folder not found: {src}")
-    pset = PhaseSet.coerce(phases)
-    default = check_default_phase(pset, default_phase)
-    layout = discover(
-        src,
-        pcna_pattern=pcna_pattern,
-        pcna_tag=pcna_tag,
-        dic_tag=dic_tag,
-        require_dic=require_dic,
-        frame_regex=frame_regex,
-        frame_base=frame_base,
-        exclude=out,
-    )
-    json_path = find_one(src, via_json, "*.json", "VIA project JSON")
-    entries = load_via_project(json_path, pset, phase_key, default)
+    job = ConversionJob(
+        src, out, "pcna_via", phases, default_phase, name,
+        pcna_pattern=pcna_pattern, pcna_tag=pcna_tag, dic_tag=dic_tag,
+        require_dic=require_dic, frame_regex=frame_regex, frame_base=frame_base,
+    )  # fmt: skip
+    layout, card = job.layout, job.card
+    json_path = find_one(job.src, via_json, "*.json", "VIA project JSON")
+    entries = load_via_project(json_path, job.phases, phase_key, job.default_phase)
     planned: dict[tuple[str, int], tuple[FrameSource, Any]] = {}
     for entry in entries:
         fs = frame_for_name(entry.filename, layout, frame_regex, frame_base, pcna_tag, json_path)
@@ -315,8 +295,6 @@ def convert_via(
         planned[(fs.movie, fs.t)] = (fs, entry)
     if not planned:
         raise DataError(f"VIA project {json_path} annotates no images")
-    card = CardBuilder(name or out.name, list(pset.names), "pcna_via")
-    job = ConversionJob(out, card)
 
     def work(item: tuple[FrameSource, Any]) -> tuple[Record, dict[str, Any]]:
         fs, entry = item
@@ -333,7 +311,7 @@ def convert_via(
             )  # fmt: skip
         return rec, {"empty": n_empty + entry.n_degenerate, "overlap": n_overlap}
 
-    records, stats = run_frames(list(planned.values()), work, progress, workers, "pcna_via")
+    records, stats = job.run(list(planned.values()), work, progress, workers, "pcna_via")
     n_empty = sum(s["empty"] for s in stats)
     n_overlap = sum(s["overlap"] for s in stats)
     n_frames_overlap = sum(1 for s in stats if s["overlap"])
@@ -353,4 +331,4 @@ def convert_via(
     n_unannotated = len(layout.frames) - len(planned)
     if n_unannotated:
         card.note(f"{n_unannotated} frame(s) without a VIA entry were left out")
-    return finish(out, records, pset, card, val_fraction, seed)
+    return job.finish(records, val_fraction, seed)

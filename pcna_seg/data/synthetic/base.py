@@ -33,3 +33,10 @@ class GroundTruth:
 
     def by_key(self) -> dict[str, GroundTruthImage]:
         return {g.key: g for g in self.images}
+
+
+def single_class_image(key: str, labels: np.ndarray, class_name: str, sequence: str = "") -> GroundTruthImage:
+    """Ground truth of one single-class image: ``labels`` as (H, W) int32, every non-zero id in
+    it → ``class_name``."""
+    lab = np.asarray(labels).astype(np.int32)
+    return GroundTruthImage(key, lab, {int(i): class_name for i in np.unique(lab) if i}, sequence)

@@ -20,11 +20,9 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from pcna_seg.data.image_io import write_image
-from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
-from pcna_seg.data.synthetic.write_deepcell import make_tracked_movie
+from pcna_seg.data.synthetic.base import GroundTruth, single_class_image
+from pcna_seg.data.synthetic.write_deepcell import CLASS_NAMES, make_tracked_movie
 from pcna_seg.utils_io import write_text_atomic
-
-CLASS_NAMES = ["nucleus"]
 
 
 def _shrink(labels: np.ndarray) -> np.ndarray:
@@ -93,13 +91,7 @@ def write(
                 write_image(root / f"{seq}_ST" / "SEG" / f"man_seg{stem}.tif", silver)
                 labels = silver if labels is None else labels
             if labels is not None:
-                lab = labels.astype(np.int32)
                 gt.images.append(
-                    GroundTruthImage(
-                        key=f"{dataset}_{seq}_t{stem}",
-                        labels=lab,
-                        classes={int(i): "nucleus" for i in np.unique(lab) if i},
-                        sequence=f"{dataset}_{seq}",
-                    )
+                    single_class_image(f"{dataset}_{seq}_t{stem}", labels, "nucleus", f"{dataset}_{seq}")
                 )
     return gt

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
+from pcna_seg.data.synthetic.base import GroundTruth, single_class_image
 from pcna_seg.data.synthetic.nuclei import Nucleus, place_nuclei, rasterize, render_pcna
 from pcna_seg.utils_io import atomic_path
 
@@ -159,15 +159,8 @@ def write_npz(
             ]
             xs.append(np.stack(chans, axis=-1))
             ys.append(movie.tracks[t][..., None])
-            labels = movie.tracks[t].astype(np.int32)
-            ids = [int(i) for i in np.unique(labels) if i]
             gt.images.append(
-                GroundTruthImage(
-                    key=f"{name}_{idx:05d}",
-                    labels=labels,
-                    classes={i: "nucleus" for i in ids},
-                    sequence=f"{name}_m{k}",
-                )
+                single_class_image(f"{name}_{idx:05d}", movie.tracks[t], "nucleus", f"{name}_m{k}")
             )
     path = Path(out) / f"{name}.npz"
     with atomic_path(path) as tmp:
@@ -222,15 +215,8 @@ def write_trks(
         tracked[b, :n_real, ..., 0] = movie.tracks
         lineages.append({str(k): v for k, v in movie.lineage.items()})
         for t in range(n_real):
-            labels = movie.tracks[t].astype(np.int32)
-            ids = [int(i) for i in np.unique(labels) if i]
             gt.images.append(
-                GroundTruthImage(
-                    key=f"{name}_b{b}_t{t:03d}",
-                    labels=labels,
-                    classes={i: "nucleus" for i in ids},
-                    sequence=f"{name}_b{b}",
-                )
+                single_class_image(f"{name}_b{b}_t{t:03d}", movie.tracks[t], "nucleus", f"{name}_b{b}")
             )
     raw_out = _as_dtype(raw, dtype)
     path = Path(out) / f"{name}.{'trk' if single else 'trks'}"

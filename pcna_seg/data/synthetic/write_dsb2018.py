@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from pcna_seg.data.converters.dsb2018 import parallel_map
+from pcna_seg.data.converters.base import parallel_map
 from pcna_seg.data.image_io import write_image
 from pcna_seg.data.rle_csv import mask_to_kaggle, write_rle_csv
 from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
