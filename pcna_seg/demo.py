@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 PCNA_FORMAT = "pcna_masks"  # the format the demo trains on
 DEMO_CONFIG = "configs/quick_schedules/quick_stage3_pcna.yaml"
+# the synthetic DeepCell npz holds movies of 4 frames: tell the converter, so splits keep movies whole
+CONVERT_OPTIONS = {"deepcell_npz": {"frames_per_movie": 4}}
 
 
 def prepare_all_formats(out: Path, seed: int = 0) -> list[dict[str, Any]]:
@@ -33,7 +35,7 @@ def prepare_all_formats(out: Path, seed: int = 0) -> list[dict[str, Any]]:
         options = {"n_movies": 6, "n_frames": 4} if fmt == PCNA_FORMAT else {}
         gt = get_writer(fmt)(raw, seed=seed, **options)
         src = raw
-        card = get_converter(fmt)(src, prepared, seed=seed, progress=False)
+        card = get_converter(fmt)(src, prepared, seed=seed, progress=False, **CONVERT_OPTIONS.get(fmt, {}))
         records, meta = load_coco(prepared / "annotations.json")
         n_gt = sum(len(img.classes) for img in gt.images)
         n_conv = sum(len(r["annotations"]) for r in records)
@@ -72,11 +74,13 @@ def run_demo(out: Path, train: bool = True, seed: int = 0, opts: list[str] | Non
     print_table(rows)
     names = register_prepared_folder("demo_pcna", out / "datasets" / PCNA_FORMAT)
     records, meta = load_coco(out / "datasets" / PCNA_FORMAT / "annotations.json")
-    sheet = contact_sheet(records, meta["thing_classes"], out / "contact_sheet_pcna.png", title="synthetic PCNA")
+    sheet = contact_sheet(
+        records, meta["thing_classes"], out / "contact_sheet_pcna.png", title="synthetic PCNA"
+    )
     print(f"\ncontact sheet: {sheet}")
     summary: dict[str, Any] = {"formats": rows, "contact_sheet": str(sheet), "datasets": names}
     if train:
-        from pcna_seg.engine.trainer import train_from_config  # heavy import only when training
+        from pcna_seg.engine.trainer import run_train_net  # heavy import only when training
 
         overrides = [
             "DATASETS.TRAIN",
@@ -86,7 +90,6 @@ def run_demo(out: Path, train: bool = True, seed: int = 0, opts: list[str] | Non
             "OUTPUT_DIR",
             str(out / "train_stage3"),
         ] + list(opts or [])
-        result = train_from_config(DEMO_CONFIG, overrides)
-        summary["training"] = result
+        summary["training"] = run_train_net(DEMO_CONFIG, overrides)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`make demo`: synthetic data in every format → COCO → quick stage-3 training → evaluation.
 
-    python tools/demo.py --output demo_output [--no-train] [KEY VALUE ...]
+python tools/demo.py --output demo_output [--no-train] [KEY VALUE ...]
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pcna_seg.demo import run_demo  # noqa: E402
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", type=Path, default=Path("demo_output"))
     parser.add_argument("--no-train", action="store_true", help="data part only")
     parser.add_argument("--seed", type=int, default=0)
