@@ -1,0 +1,184 @@
+"""Atomic training checkpoints and exact resume.
+
+Files in ``OUTPUT_DIR``:
+
+- ``model_{iter:07d}.pth`` / ``model_final.pth``: a dict with ``model`` (state dict),
+  ``optimizer``, ``scheduler``, ``scaler`` (AMP), ``iteration`` (0-based, the last finished
+  iteration), ``seed``, ``class_names`` (the training dataset's thing_classes), ``rng``
+  (python, numpy, torch, cuda states) and ``config`` (the merged config as YAML text,
+  ``cfg.dump()``). Only tensors and plain values: ``torch.load(weights_only=True)`` reads it;
+- ``last_checkpoint``: text file naming the newest checkpoint, written after it is complete;
+- ``config.yaml``: the merged config.
+
+Every file is written to a temporary name and renamed, so a crash never leaves a half file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from pcna_seg.engine.launch import is_main_process
+from pcna_seg.errors import WeightsError
+from pcna_seg.utils_io import atomic_path, write_text_atomic
+
+logger = logging.getLogger(__name__)
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel / DataParallel wrappers."""
+    return (
+        model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+    )
+
+
+def get_rng_state() -> dict[str, Any]:
+    """python/numpy/torch(/cuda) RNG states as tensors and plain values (loadable with weights_only)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` captured (CUDA only when the device count matches)."""
+    if not state:
+        return
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint/state-dict file on CPU; WeightsError names the file if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"Weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/corrupt files
+        raise WeightsError(f"Cannot read weights file {path}: corrupt or not a torch file ({exc})") from None
+    if not isinstance(obj, dict):
+        raise WeightsError(f"Weights file {path} does not hold a state dict (got {type(obj).__name__})")
+    return obj
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Any:
+    """Initialise ``model`` from ``path`` (project checkpoint or plain state dict).
+
+    Uses ``pcna_seg.modeling.weights.load_weights`` (head re-initialisation, report table)
+    when available, else loads every tensor whose name and shape match.
+    """
+    model = unwrap(model)
+    try:
+        from pcna_seg.modeling.weights import load_weights
+    except ImportError:
+        load_weights = None
+    if load_weights is not None:
+        report = load_weights(model, str(path))
+        table = getattr(report, "table", None)
+        logger.info("Loaded weights from %s\n%s", path, table() if callable(table) else report)
+        return report
+    state = read_checkpoint(path)
+    state = state.get("model", state)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(usable, strict=False)
+    logger.info("Loaded %d/%d tensors from %s", len(usable), len(own), path)
+    return usable
+
+
+class Checkpointer:
+    """Save/load the full training state in ``output_dir`` (files only from the main process)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        output_dir: str | os.PathLike,
+        cfg: CfgNode | None = None,
+        **checkpointables: Any,
+    ) -> None:
+        self.model = model
+        self.output_dir = Path(output_dir)
+        self.cfg = cfg
+        self.checkpointables = {k: v for k, v in checkpointables.items() if v is not None}
+        self.save_to_disk = is_main_process()
+
+    def save(self, name: str, iteration: int, **extra: Any) -> Path | None:
+        """Write ``output_dir/name.pth`` atomically, then point ``last_checkpoint`` at it."""
+        if not self.save_to_disk:
+            return None
+        data: dict[str, Any] = {"model": unwrap(self.model).state_dict(), "iteration": int(iteration)}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data["rng"] = get_rng_state()
+        if self.cfg is not None:
+            data["config"] = self.cfg.dump()
+        data.update(extra)
+        path = self.output_dir / f"{name}.pth"
+        with atomic_path(path) as tmp:
+            torch.save(data, tmp)
+        write_text_atomic(self.output_dir / LAST_CHECKPOINT, path.name)
+        logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
+        return path
+
+    def last_checkpoint(self) -> Path | None:
+        """The checkpoint ``last_checkpoint`` names, or None when there is none."""
+        marker = self.output_dir / LAST_CHECKPOINT
+        if not marker.is_file():
+            return None
+        path = self.output_dir / marker.read_text(encoding="utf-8").strip()
+        return path if path.is_file() else None
+
+    def resume(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Restore model, optimizer, scheduler, scaler and RNG from a full checkpoint.
+
+        Returns the remaining entries (``iteration``, ``seed``, ...).
+        """
+        data = read_checkpoint(path)
+        if "model" not in data or "iteration" not in data:
+            raise WeightsError(f"{path} is not a training checkpoint (no 'model'/'iteration' entries)")
+        unwrap(self.model).load_state_dict(data.pop("model"))
+        for key, obj in self.checkpointables.items():
+            if key in data:
+                obj.load_state_dict(data.pop(key))
+            else:
+                logger.warning("Checkpoint %s has no %r state; starting it fresh", path, key)
+        set_rng_state(data.pop("rng", {}))
+        logger.info("Resumed from %s (iteration %d)", path, data["iteration"])
+        return data
+
+    def resume_or_load(self, weights: str, resume: bool) -> int:
+        """Resume from ``last_checkpoint`` when ``resume`` and one exists, else load ``weights``.
+
+        Returns the iteration to start at (0 for a fresh run).
+        """
+        if resume:
+            last = self.last_checkpoint()
+            if last is not None:
+                self.resumed = self.resume(last)
+                return int(self.resumed["iteration"]) + 1
+            logger.info("No checkpoint in %s to resume from; starting a new run", self.output_dir)
+        self.resumed = {}
+        if weights:
+            load_model_weights(self.model, weights)
+        return 0

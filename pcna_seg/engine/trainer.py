@@ -1,0 +1,334 @@
+"""Iteration-based Mask R-CNN trainer: a small loop plus hooks, and the ``train_net`` entry point.
+
+One iteration = one batch of ``SOLVER.IMS_PER_BATCH`` images over all processes → model losses
+(torchvision contract: ``model(images, targets) -> {"loss_*": scalar}``) → backward (AMP on CUDA
+when ``SOLVER.AMP.ENABLED``) → optional gradient clipping → SGD step → hooks (LR schedule,
+checkpoint, evaluation, writers). A non-finite loss stops training before the optimizer step,
+so no checkpoint is ever written from a diverged model.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from pcna_seg.data.catalog import get_metadata
+from pcna_seg.engine import hooks as H
+from pcna_seg.engine.checkpoint import Checkpointer, load_model_weights, unwrap
+from pcna_seg.engine.data import (
+    build_test_loader,
+    build_train_loader,
+    check_train_records,
+    clean_worker_error,
+    load_records,
+)
+from pcna_seg.engine.launch import (
+    broadcast_object,
+    get_rank,
+    get_world_size,
+    is_main_process,
+    resolve_device,
+)
+from pcna_seg.engine.lr_scheduler import build_lr_scheduler, build_optimizer
+from pcna_seg.engine.writers import ConsoleWriter, EventStorage, JSONWriter, TensorboardWriter
+from pcna_seg.errors import ConfigError, PcnaSegError, WeightsError
+from pcna_seg.utils_io import write_text_atomic
+
+logger = logging.getLogger("pcna_seg.engine")
+
+OOM_HINT = (
+    "GPU out of memory{where}; lower SOLVER.IMS_PER_BATCH, INPUT.MIN_SIZE_TRAIN / INPUT.MAX_SIZE_TRAIN, "
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE or INPUT.CROP.SIZE (with INPUT.CROP.ENABLED True)"
+)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_mapper(cfg: CfgNode, is_train: bool) -> Any:
+    from pcna_seg.data.mapper import DatasetMapper
+
+    return DatasetMapper.from_config(cfg, is_train=is_train)
+
+
+def default_model(cfg: CfgNode) -> nn.Module:
+    from pcna_seg.modeling import build_model
+
+    return build_model(cfg)
+
+
+def _to_target(d: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    inst = d["instances"]
+    return {k: inst[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks") if k in inst}
+
+
+class Trainer:
+    """Builds model, optimizer, schedule, data and hooks from ``cfg``; ``train()`` runs the loop.
+
+    ``model``/``train_mapper``/``test_mapper`` may be given (tests, custom models); by default
+    they come from ``pcna_seg.modeling.build_model`` and ``DatasetMapper.from_config``.
+    """
+
+    def __init__(
+        self,
+        cfg: CfgNode,
+        model: nn.Module | None = None,
+        train_mapper: Any = None,
+        test_mapper: Any = None,
+        resume: bool = False,
+        extra_hooks: list[H.HookBase] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.MODEL.DEVICE)
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        seed = cfg.SEED if cfg.SEED >= 0 else int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        self.seed = int(broadcast_object(seed))
+        seed_all(self.seed + get_rank())
+        self.test_mapper = test_mapper
+        self.amp = bool(cfg.SOLVER.AMP.ENABLED)
+        if self.amp and self.device.type != "cuda":
+            logger.info("SOLVER.AMP.ENABLED is ignored on %s (mixed precision needs CUDA)", self.device)
+            self.amp = False
+
+        if is_main_process():
+            write_text_atomic(Path(cfg.OUTPUT_DIR) / "config.yaml", cfg.dump())
+        records = load_records(cfg.DATASETS.TRAIN, cfg.DATASETS.ROOT, "DATASETS.TRAIN")
+        check_train_records(cfg, records)
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            records = [r for r in records if r.get("annotations")]
+        self.model = (model if model is not None else default_model(cfg)).to(self.device)
+        self.model.train()
+        meta = get_metadata(cfg.DATASETS.TRAIN[0], cfg.DATASETS.ROOT or None)
+        self.class_names = list(meta.get("thing_classes") or [])
+        if hasattr(self.model, "class_names") and self.class_names:
+            self.model.class_names = self.class_names
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.checkpointer = Checkpointer(
+            self.model,
+            cfg.OUTPUT_DIR,
+            cfg,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+        )
+        self.start_iter = self.checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume)
+        if "seed" in self.checkpointer.resumed:
+            self.seed = int(self.checkpointer.resumed["seed"])
+        self.iter = self.start_iter
+        if get_world_size() > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        mapper = train_mapper if train_mapper is not None else default_mapper(cfg, True)
+        self.data_loader = build_train_loader(cfg, mapper, records, self.seed, self.start_iter)
+        self.storage = EventStorage(self.start_iter)
+        self.hooks: list[H.HookBase] = []
+        self.register_hooks(self.build_hooks() + list(extra_hooks or []))
+
+    # ----------------------------------------------------------------------------------------
+    def build_hooks(self) -> list[H.HookBase]:
+        cfg = self.cfg
+        out: list[H.HookBase] = [
+            H.IterationTimer(),
+            H.LRScheduler(self.optimizer, self.scheduler),
+            H.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
+        ]
+        if cfg.DATASETS.TEST:
+            out.append(H.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, self.model, self.test_mapper)))
+        if is_main_process():
+            writers: list[Any] = [ConsoleWriter(self.max_iter)]
+            writers.append(JSONWriter(Path(cfg.OUTPUT_DIR) / "metrics.json", self.start_iter))
+            if TensorboardWriter.available():
+                writers.append(TensorboardWriter(cfg.OUTPUT_DIR, self.start_iter))
+            out.append(H.PeriodicWriter(writers, cfg.SOLVER.LOG_PERIOD))
+        return out
+
+    def register_hooks(self, hooks: list[H.HookBase]) -> None:
+        for h in hooks:
+            h.trainer = self
+        self.hooks.extend(hooks)
+
+    # ----------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run iterations ``start_iter .. MAX_ITER-1``; returns the last evaluation results."""
+        if self.start_iter >= self.max_iter:
+            logger.info("Nothing to do: checkpoint is at iteration %d of %d", self.start_iter, self.max_iter)
+            return {}
+        logger.info("Starting training at iteration %d of %d", self.start_iter, self.max_iter)
+        self._data_iter = iter(self.data_loader)
+        try:
+            for h in self.hooks:
+                h.before_train()
+            it = self.start_iter
+            while it < self.max_iter:  # a hook may lower max_iter (e.g. a time budget)
+                self.iter = self.storage.iter = it
+                for h in self.hooks:
+                    h.before_step()
+                self.run_step()
+                for h in self.hooks:
+                    h.after_step()
+                it += 1
+            for h in self.hooks:
+                h.after_train()
+        except FloatingPointError as exc:
+            last = self.checkpointer.last_checkpoint()
+            keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+            raise PcnaSegError(
+                f"Training diverged at iteration {self.iter}: {exc}; {keep}. Lower SOLVER.BASE_LR, "
+                "raise SOLVER.WARMUP_ITERS or set SOLVER.CLIP_GRADIENTS.ENABLED True"
+            ) from None
+        except torch.cuda.OutOfMemoryError:
+            raise PcnaSegError(OOM_HINT.format(where=f" at training iteration {self.iter}")) from None
+        finally:
+            for h in self.hooks:
+                if isinstance(h, H.PeriodicWriter):
+                    h.close()
+            self._data_iter = None
+        for h in self.hooks:
+            if isinstance(h, H.EvalHook):
+                return h.results
+        return {}
+
+    def _next_batch(self) -> list[dict[str, Any]]:
+        try:
+            return next(self._data_iter)
+        except PcnaSegError as exc:
+            raise clean_worker_error(exc) from None
+
+    def run_step(self) -> None:
+        t0 = time.perf_counter()
+        batch = self._next_batch()
+        data_time = time.perf_counter() - t0
+        images = [d["image"].to(self.device, non_blocking=True) for d in batch]
+        targets = [_to_target(d, self.device) for d in batch]
+        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            loss_dict = self.model(images, targets)
+        losses = sum(loss_dict.values())
+        names = sorted(loss_dict)
+        values = torch.stack([loss_dict[n].detach().float() for n in names])
+        if get_world_size() > 1:
+            torch.distributed.all_reduce(values)
+            values /= get_world_size()
+        values = values.cpu().tolist()
+        total = float(sum(values))
+        if not np.isfinite(total):
+            shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values))
+            raise FloatingPointError(f"loss is not finite ({shown})")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(losses).backward()
+            self.scaler.unscale_(self.optimizer)
+            self._clip()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            losses.backward()
+            self._clip()
+            self.optimizer.step()
+        self.storage.put_scalars(total_loss=total, data_time=data_time, **dict(zip(names, values)))
+
+    def _clip(self) -> None:
+        clip = self.cfg.SOLVER.CLIP_GRADIENTS
+        if not clip.ENABLED:
+            return
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if clip.CLIP_TYPE == "value":
+            nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
+        elif clip.CLIP_TYPE == "norm":
+            nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE)
+        else:
+            raise ConfigError(
+                f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'value' or 'norm', got {clip.CLIP_TYPE!r}"
+            )
+
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def test(cfg: CfgNode, model: nn.Module, mapper: Any = None) -> dict[str, Any]:
+        """COCO-evaluate ``model`` on every ``DATASETS.TEST`` dataset.
+
+        Writes ``OUTPUT_DIR/eval/<dataset>/`` (main process). Returns the dataset's results
+        (``{"bbox": {...}, "segm": {...}}``) for one dataset, else ``{dataset: results}``.
+        """
+        from pcna_seg.evaluation.coco_eval import COCOEvaluator, inference_on_dataset
+
+        mapper = mapper if mapper is not None else default_mapper(cfg, False)
+        bare = unwrap(model)
+        device = next(bare.parameters()).device
+        out: dict[str, Any] = {}
+        for name in cfg.DATASETS.TEST:
+            records = load_records([name], cfg.DATASETS.ROOT, "DATASETS.TEST")
+            evaluator = COCOEvaluator(
+                name,
+                Path(cfg.OUTPUT_DIR) / "eval" / name,
+                max_dets=cfg.TEST.MAX_DETS,
+                root=cfg.DATASETS.ROOT,
+                confusion_iou=cfg.TEST.CONFUSION_IOU,
+                confusion_score=cfg.TEST.CONFUSION_SCORE_THRESH,
+            )
+            try:
+                out[name] = inference_on_dataset(
+                    bare, build_test_loader(cfg, mapper, records), evaluator, device, cfg.SOLVER.AMP.ENABLED
+                )
+            except PcnaSegError as exc:
+                raise clean_worker_error(exc) from None
+        return next(iter(out.values())) if len(out) == 1 else out
+
+
+def setup_output(cfg: CfgNode) -> None:
+    """Create OUTPUT_DIR, write config.yaml and log to OUTPUT_DIR/log.txt (main process)."""
+    if not is_main_process():
+        logging.getLogger("pcna_seg").setLevel(logging.WARNING)
+        return
+    out = Path(cfg.OUTPUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", cfg.dump())
+    root = logging.getLogger("pcna_seg")
+    log_file = str((out / "log.txt").resolve())
+    if not any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+        root.setLevel(logging.INFO)
+    logger.info("Output folder %s; world size %d; config written to config.yaml", out, get_world_size())
+
+
+def run_train_net(config_file: str, opts: list[str], resume: bool = False, eval_only: bool = False) -> Any:
+    """Entry point of ``tools/train_net.py`` in every process: load config, train or evaluate."""
+    from pcna_seg.config import load_config
+
+    cfg = load_config(config_file, opts)
+    last = Path(cfg.OUTPUT_DIR) / "last_checkpoint"
+    if cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file() and not (resume and last.is_file()):
+        raise WeightsError(
+            f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS} (give a checkpoint or torchvision .pth path, "
+            "or MODEL.WEIGHTS '' for random initialisation)"
+        )
+    setup_output(cfg)
+    try:
+        if eval_only:
+            model = default_model(cfg).to(resolve_device(cfg.MODEL.DEVICE))
+            last = Checkpointer(model, cfg.OUTPUT_DIR).last_checkpoint() if resume else None
+            weights = str(last) if last else cfg.MODEL.WEIGHTS
+            if not weights:
+                raise ConfigError(
+                    "--eval-only needs MODEL.WEIGHTS (a checkpoint path) or --resume with a checkpoint"
+                )
+            load_model_weights(model, weights)
+            if not cfg.DATASETS.TEST:
+                raise ConfigError("--eval-only needs at least one dataset in DATASETS.TEST")
+            return Trainer.test(cfg, model)
+        return Trainer(cfg, resume=resume).train()
+    except torch.cuda.OutOfMemoryError:
+        raise PcnaSegError(OOM_HINT.format(where="")) from None

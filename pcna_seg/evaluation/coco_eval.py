@@ -1,0 +1,368 @@
+"""COCO bbox/segm evaluation with pycocotools, against the dataset's own COCO JSON.
+
+Predictions come from the model in the *input* frame (the mapper may have resized the image);
+they are rescaled to the original image size (record ``height``/``width``), masks are pasted
+with bilinear interpolation and thresholded at 0.5, then RLE-encoded. Metrics are fractions in
+[0, 1] (AP, AP50, AP75, APs, APm, APl, AR, and ``AP-<class>``), computed from
+``COCOeval.eval["precision"]`` at the *largest* ``TEST.MAX_DETS`` (COCOeval.summarize assumes
+maxDets = 100, which undercounts dense nuclei).
+
+Outputs (main process) in ``output_dir``: ``results.json`` (all numbers, including the phase
+confusion matrix for multi-class data), ``coco_instances_results.json`` (COCO results format
+with an extra ``class_probs`` list per detection: the full softmax, background first) and
+``phase_confusion.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pcna_seg.data.catalog import get_metadata
+from pcna_seg.engine.launch import all_gather, is_main_process
+from pcna_seg.errors import DataError
+from pcna_seg.utils_io import write_json_atomic
+
+logger = logging.getLogger(__name__)
+_AREAS = ("all", "small", "medium", "large")
+
+
+def load_coco_gt(json_file: str | os.PathLike) -> COCO:
+    """A pycocotools COCO object for ``json_file`` (missing iscrowd/area/info filled in)."""
+    path = Path(json_file)
+    if not path.is_file():
+        raise DataError(f"Ground-truth COCO file not found: {path}")
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if isinstance(data.get("annotations"), dict):
+        data["annotations"] = list(data["annotations"].values())
+    data.setdefault("info", {})
+    data.setdefault("annotations", [])
+    for i, ann in enumerate(data["annotations"]):
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("id", i + 1)
+        if "area" not in ann:
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def instances_to_coco(
+    output: dict[str, torch.Tensor],
+    image_id: Any,
+    orig_hw: tuple[int, int],
+    input_hw: tuple[int, int],
+    cat_ids: Sequence[int],
+) -> list[dict[str, Any]]:
+    """One image's model output → COCO result dicts in the original image frame.
+
+    ``output``: boxes (N, 4) XYXY in the input frame, labels (N,) 1-based, scores (N,),
+    optional masks (N, 1, h, w) probabilities and class_probs (N, K+1).
+    """
+    boxes = output["boxes"].detach().float().cpu().clone()
+    n = len(boxes)
+    if n == 0:
+        return []
+    (H, W), (h, w) = orig_hw, input_hw
+    boxes[:, 0::2] *= W / w
+    boxes[:, 1::2] *= H / h
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H)
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    scores = output["scores"].detach().float().cpu().tolist()
+    labels = output["labels"].detach().cpu().tolist()
+    probs = output.get("class_probs")
+    probs = probs.detach().float().cpu().numpy().round(4).tolist() if probs is not None else None
+    rles: list[dict[str, Any] | None] = [None] * n
+    masks = output.get("masks")
+    if masks is not None and len(masks):
+        for s in range(0, n, 64):  # paste in chunks to bound memory for dense images
+            chunk = masks[s : s + 64].detach().float().cpu()
+            if chunk.dim() == 3:
+                chunk = chunk[:, None]
+            if tuple(chunk.shape[-2:]) != (H, W):
+                chunk = F.interpolate(chunk, size=(H, W), mode="bilinear", align_corners=False)
+            binary = (chunk[:, 0] > 0.5).numpy().astype(np.uint8)
+            encoded = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+            for j, rle in enumerate(encoded):
+                rle["counts"] = rle["counts"].decode("ascii")
+                rles[s + j] = rle
+    out = []
+    for i in range(n):
+        res: dict[str, Any] = {
+            "image_id": image_id,
+            "category_id": int(cat_ids[int(labels[i]) - 1]),
+            "bbox": [round(v, 2) for v in xywh[i]],
+            "score": float(scores[i]),
+        }
+        if rles[i] is not None:
+            res["segmentation"] = rles[i]
+        if probs is not None:
+            res["class_probs"] = probs[i]
+        out.append(res)
+    return out
+
+
+def summarize(coco_eval: COCOeval, class_names: Sequence[str]) -> dict[str, float]:
+    """AP/AP50/AP75/APs/APm/APl/AR and per-class AP at the largest maxDets (fractions; NaN if no GT)."""
+    p = coco_eval.params
+    prec = coco_eval.eval["precision"]  # (T iou, R recall, K cls, A area, M maxDets)
+    rec = coco_eval.eval["recall"]  # (T, K, A, M)
+
+    def _mean(arr: np.ndarray) -> float:
+        arr = arr[arr > -1]
+        return float(arr.mean()) if arr.size else float("nan")
+
+    def _iou(t: float) -> int:
+        return int(np.argmin(np.abs(np.asarray(p.iouThrs) - t)))
+
+    stats = {
+        "AP": _mean(prec[:, :, :, 0, -1]),
+        "AP50": _mean(prec[_iou(0.5), :, :, 0, -1]),
+        "AP75": _mean(prec[_iou(0.75), :, :, 0, -1]),
+    }
+    for short, area in zip(("APs", "APm", "APl"), _AREAS[1:]):
+        stats[short] = _mean(prec[:, :, :, p.areaRngLbl.index(area), -1])
+    stats[f"AR@{p.maxDets[-1]}"] = _mean(rec[:, :, 0, -1])
+    for k, name in enumerate(class_names[: prec.shape[2]]):
+        stats[f"AP-{name}"] = _mean(prec[:, :, k, 0, -1])
+    return stats
+
+
+def evaluate_predictions(
+    coco_gt: COCO,
+    results: list[dict[str, Any]],
+    task: str,
+    img_ids: Sequence[Any],
+    max_dets: Sequence[int],
+    class_names: Sequence[str],
+) -> dict[str, float]:
+    """Run COCOeval for ``task`` ("bbox" or "segm") on ``img_ids``; empty results give AP 0."""
+    if task == "segm":
+        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results if "segmentation" in r]
+    if not results:
+        zero = {k: 0.0 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", f"AR@{max(max_dets)}")}
+        zero.update({f"AP-{c}": 0.0 for c in class_names})
+        return zero
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        ev = COCOeval(coco_gt, coco_dt, iouType=task)
+        ev.params.imgIds = list(img_ids)
+        ev.params.maxDets = sorted(int(m) for m in max_dets)
+        ev.evaluate()
+        ev.accumulate()
+    return summarize(ev, class_names)
+
+
+def phase_confusion(
+    coco_gt: COCO,
+    results: list[dict[str, Any]],
+    img_ids: Sequence[Any],
+    class_names: Sequence[str],
+    iou_thresh: float = 0.5,
+    score_thresh: float = 0.5,
+) -> dict[str, Any]:
+    """GT class vs predicted class for detections matched one-to-one by mask IoU ≥ ``iou_thresh``.
+
+    ``matrix`` is (K+1, K+1): rows = GT classes then "(none)" (unmatched predictions), columns
+    = predicted classes then "(missed)" (unmatched GT). Greedy matching by decreasing IoU.
+    """
+    cat_ids = sorted(coco_gt.getCatIds())
+    index = {c: i for i, c in enumerate(cat_ids)}
+    k = len(cat_ids)
+    mat = np.zeros((k + 1, k + 1), dtype=np.int64)
+    by_img: dict[Any, list[dict[str, Any]]] = {}
+    for r in results:
+        if r["score"] >= score_thresh and "segmentation" in r:
+            by_img.setdefault(r["image_id"], []).append(r)
+    for img in img_ids:
+        gts = [a for a in coco_gt.imgToAnns.get(img, []) if not a.get("iscrowd", 0)]
+        dts = by_img.get(img, [])
+        gt_rles = [coco_gt.annToRLE(a) for a in gts]
+        dt_rles = [{"size": d["segmentation"]["size"], "counts": d["segmentation"]["counts"]} for d in dts]
+        ious = np.zeros((len(dts), len(gts)))
+        if dts and gts:
+            ious = np.asarray(mask_utils.iou(dt_rles, gt_rles, [0] * len(gts))).reshape(len(dts), len(gts))
+        used_d, used_g = set(), set()
+        for flat in np.argsort(-ious, axis=None):
+            d, g = np.unravel_index(flat, ious.shape)
+            if ious[d, g] < iou_thresh:
+                break
+            if d in used_d or g in used_g:
+                continue
+            used_d.add(d)
+            used_g.add(g)
+            mat[index[gts[g]["category_id"]], index[dts[d]["category_id"]]] += 1
+        for g, a in enumerate(gts):
+            if g not in used_g:
+                mat[index[a["category_id"]], k] += 1
+        for d, r in enumerate(dts):
+            if d not in used_d:
+                mat[k, index[r["category_id"]]] += 1
+    matched = int(mat[:k, :k].sum())
+    return {
+        "rows": list(class_names) + ["(none)"],
+        "columns": list(class_names) + ["(missed)"],
+        "matrix": mat.tolist(),
+        "iou_thresh": iou_thresh,
+        "score_thresh": score_thresh,
+        "matched": matched,
+        "accuracy": float(np.trace(mat[:k, :k]) / matched) if matched else float("nan"),
+    }
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """Plain-text table: one row per task, one column per metric."""
+    tasks = [t for t in ("bbox", "segm") if t in results]
+    if not tasks:
+        return ""
+    cols = list(results[tasks[0]])
+    width = max(8, *(len(c) for c in cols))
+    lines = ["task  " + " ".join(f"{c:>{width}}" for c in cols)]
+    for t in tasks:
+        vals = [results[t].get(c, float("nan")) for c in cols]
+        lines.append(f"{t:<5} " + " ".join(f"{v:>{width}.4f}" for v in vals))
+    return "\n".join(lines)
+
+
+class COCOEvaluator:
+    """Collects predictions over a dataset (``process``) and scores them (``evaluate``).
+
+    Works across processes: predictions are gathered to the main process, which alone computes
+    metrics and writes files; other processes get an empty dict.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: str | os.PathLike | None = None,
+        max_dets: Sequence[int] = (1, 10, 100),
+        root: str | None = None,
+        tasks: Sequence[str] = ("bbox", "segm"),
+        confusion_iou: float = 0.5,
+        confusion_score: float = 0.5,
+    ) -> None:
+        meta = get_metadata(dataset_name, root or None)
+        if "json_file" not in meta:
+            raise DataError(
+                f"Dataset {dataset_name!r} has no json_file in its metadata; cannot run COCO eval"
+            )
+        self.dataset_name = dataset_name
+        self.json_file = meta["json_file"]
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.max_dets = list(max_dets)
+        self.tasks = list(tasks)
+        self.confusion_iou, self.confusion_score = confusion_iou, confusion_score
+        self._coco: COCO | None = None
+        self.reset()
+
+    @property
+    def coco_gt(self) -> COCO:
+        if self._coco is None:
+            self._coco = load_coco_gt(self.json_file)
+        return self._coco
+
+    def reset(self) -> None:
+        self._results: list[dict[str, Any]] = []
+        self._img_ids: list[Any] = []
+
+    def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, torch.Tensor]]) -> None:
+        """``inputs``: mapper dicts (``image`` (C, h, w), ``image_id``, original ``height``/``width``)."""
+        cat_ids = sorted(self.coco_gt.getCatIds())
+        for inp, out in zip(inputs, outputs):
+            hw_in = tuple(inp["image"].shape[-2:])
+            orig = (int(inp.get("height", hw_in[0])), int(inp.get("width", hw_in[1])))
+            self._img_ids.append(inp["image_id"])
+            self._results.extend(instances_to_coco(out, inp["image_id"], orig, hw_in, cat_ids))
+
+    def evaluate(self) -> dict[str, Any]:
+        gathered = all_gather((self._img_ids, self._results))
+        if not is_main_process():
+            return {}
+        img_ids = [i for ids, _ in gathered for i in ids]
+        results = [r for _, res in gathered for r in res]
+        coco = self.coco_gt
+        class_names = [c["name"] for c in sorted(coco.dataset["categories"], key=lambda c: c["id"])]
+        out: dict[str, Any] = {}
+        for task in self.tasks:
+            out[task] = evaluate_predictions(coco, results, task, img_ids, self.max_dets, class_names)
+        extra: dict[str, Any] = {"n_images": len(img_ids), "n_detections": len(results)}
+        if len(class_names) > 1 and "segm" in self.tasks:
+            extra["phase_confusion"] = phase_confusion(
+                coco, results, img_ids, class_names, self.confusion_iou, self.confusion_score
+            )
+        logger.info("Evaluation of %s (%d images):\n%s", self.dataset_name, len(img_ids), format_table(out))
+        if self.output_dir is not None:
+            self._write(out, extra, results)
+        return out | ({"phase_confusion": extra["phase_confusion"]} if "phase_confusion" in extra else {})
+
+    def _write(self, metrics: dict[str, Any], extra: dict[str, Any], results: list[dict[str, Any]]) -> None:
+        assert self.output_dir is not None
+        payload = {"dataset": self.dataset_name, "json_file": self.json_file, "max_dets": self.max_dets}
+        payload.update(metrics)
+        payload.update(extra)
+        write_json_atomic(self.output_dir / "results.json", _json_safe(payload), indent=2)
+        write_json_atomic(self.output_dir / "coco_instances_results.json", results)
+        if "phase_confusion" in extra:
+            from pcna_seg.evaluation.report import plot_confusion
+
+            plot_confusion(extra["phase_confusion"], self.output_dir / "phase_confusion.png")
+        logger.info("Wrote evaluation results to %s", self.output_dir)
+
+
+@torch.no_grad()
+def inference_on_dataset(
+    model: torch.nn.Module,
+    data_loader: Any,
+    evaluator: COCOEvaluator,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> dict[str, Any]:
+    """Run ``model`` in eval mode over ``data_loader`` (batches = lists of mapper dicts) and evaluate.
+
+    The model's training mode is restored afterwards. Returns ``evaluator.evaluate()``.
+    """
+    from tqdm import tqdm
+
+    evaluator.reset()
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    use_amp = amp and device.type == "cuda"
+    try:
+        for batch in tqdm(data_loader, desc=f"eval {evaluator.dataset_name}", disable=not is_main_process()):
+            images = [d["image"].to(device) for d in batch]
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                outputs = model(images)
+            outputs = [{k: v.detach().cpu() for k, v in o.items()} for o in outputs]
+            evaluator.process(batch, outputs)
+    finally:
+        model.train(was_training)
+    return evaluator.evaluate()

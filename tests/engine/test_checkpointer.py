@@ -1,0 +1,74 @@
+"""Checkpoints: atomic writes, last_checkpoint, weights_only loading, RNG round trip."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pcna_seg.config import get_default_config
+from pcna_seg.engine import checkpoint as ck
+from pcna_seg.errors import WeightsError
+
+
+def _checkpointer(out: Path) -> ck.Checkpointer:
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return ck.Checkpointer(model, out, get_default_config(), optimizer=opt)
+
+
+def test_save_writes_checkpoint_and_marker(tmp_path: Path) -> None:
+    c = _checkpointer(tmp_path)
+    path = c.save("model_0000004", 4, seed=7)
+    assert path == tmp_path / "model_0000004.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000004.pth"
+    data = torch.load(path, weights_only=True)  # plain tensors/values only
+    assert data["iteration"] == 4 and data["seed"] == 7
+    assert "SOLVER:" in data["config"] and set(data["rng"]) >= {"python", "numpy", "torch"}
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_failure_while_saving_leaves_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = _checkpointer(tmp_path)
+    c.save("model_0000001", 1)
+
+    def broken_save(obj, f, *a, **k):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        c.save("model_0000003", 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
+    assert c.last_checkpoint() == tmp_path / "model_0000001.pth"
+
+
+def test_resume_restores_state_and_rng(tmp_path: Path) -> None:
+    c = _checkpointer(tmp_path)
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    c.save("model_final", 9)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    with torch.no_grad():
+        c.model.weight.zero_()
+    c2 = _checkpointer(tmp_path)
+    assert c2.resume_or_load("", resume=True) == 10
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]["weight"]
+    assert torch.equal(c2.model.weight.detach(), saved)
+
+
+def test_corrupt_and_missing_files_are_weights_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(WeightsError, match="bad.pth"):
+        ck.read_checkpoint(bad)
+    with pytest.raises(WeightsError, match="not found"):
+        ck.read_checkpoint(tmp_path / "missing.pth")

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Train or evaluate Mask R-CNN from a config (detectron2-style flags).
+
+python tools/train_net.py --config-file configs/quick_schedules/quick_stage3_pcna.yaml
+python tools/train_net.py --config-file CFG --resume                 # continue the last run
+python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+python tools/train_net.py --config-file CFG --num-gpus 4             # or: torchrun ... train_net.py
+python tools/train_net.py --config-file CFG SOLVER.BASE_LR 0.005 OUTPUT_DIR out/run2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pcna_seg.cli_utils import setup_logging, user_errors_exit  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--config-file", required=True, metavar="FILE", help="YAML config (with _BASE_ inheritance)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint if present"
+    )
+    p.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS on DATASETS.TEST")
+    p.add_argument(
+        "--num-gpus", type=int, default=1, help="processes per machine (GPUs; CPU processes w/o CUDA)"
+    )
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0 .. num-machines-1)")
+    p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    return p.parse_args(argv)
+
+
+def _main(config_file: str, opts: list[str], resume: bool, eval_only: bool) -> None:
+    setup_logging()
+    from pcna_seg.engine.trainer import run_train_net
+
+    run_train_net(config_file, opts, resume=resume, eval_only=eval_only)
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging()
+    from pcna_seg.engine.launch import launch
+
+    launch(
+        _main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args.config_file, list(args.opts), args.resume, args.eval_only),
+    )
+
+
+if __name__ == "__main__":
+    main()
