@@ -184,7 +184,8 @@ _C.UNET.TILING.BOUNDARY_WIDTH = 2  # contour width for 3-class targets, pixels
 _C.UNET.TILING.NORMALIZATION = "percentile"  # "percentile", "minmax", "none"
 _C.UNET.TILING.PERCENTILES = [1.0, 99.8]
 _C.UNET.TILING.CHUNK_TILES = 64  # HDF5 chunk length along the tile axis
-_C.UNET.TILING.COMPRESSION = "lz4"  # "none", "lz4", "zstd", "gzip"
+_C.UNET.TILING.COMPRESSION = "lz4"  # labels: "none", "lz4", "blosc_lz4", "zstd", "gzip"
+_C.UNET.TILING.DATA_COMPRESSION = "none"  # float16 image tiles (same choices; none reads fastest)
 _C.UNET.TILING.VAL_FRACTION = 0.1  # validation share of source frames / wells
 _C.UNET.TILING.MULTICLASS_ONLY = True  # keep only tiles with more than one class for training
 _C.UNET.TILING.WORKERS = 2  # tiling processes (0 = tile in the main process)
@@ -197,6 +198,7 @@ _C.UNET.DATA.AUGMENT = True  # flips, rot90, intensity jitter
 _C.UNET.DATA.NUM_WORKERS = 2
 _C.UNET.DATA.BATCH_SIZE = 100
 _C.UNET.DATA.MIX_CHUNKS = 4  # training batches mix tiles of this many random HDF5 chunks
+_C.UNET.DATA.COMPACT = False  # batches as float16 images / uint8 targets; convert on the device
 
 _C.UNET.LOSS = CN()
 _C.UNET.LOSS.NAME = "weighted_ce"  # "weighted_ce", "dice", "dice_ce", "bce"
