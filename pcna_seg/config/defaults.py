@@ -60,6 +60,7 @@ _C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
 _C.MODEL.ROI_HEADS.ONE_CLASS_PER_BOX = True  # one detection per proposal (top class); False = per-class
+_C.MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC = False  # True: one detection per nucleus whatever its phase
 
 _C.MODEL.ROI_BOX_HEAD = CN()
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024  # width of the two-layer MLP box head

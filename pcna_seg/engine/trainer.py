@@ -196,10 +196,20 @@ class Trainer:
                 if isinstance(h, H.PeriodicWriter):
                     h.close()
             self._data_iter = None
+        self._plot_curves()
         for h in self.hooks:
             if isinstance(h, H.EvalHook):
                 return h.results
         return {}
+
+    def _plot_curves(self) -> None:
+        """Loss, LR and AP over iterations as OUTPUT_DIR/curves.png (main process)."""
+        metrics = Path(self.cfg.OUTPUT_DIR) / "metrics.json"
+        if is_main_process() and metrics.is_file():
+            from pcna_seg.evaluation.report import plot_training_curves
+
+            png = plot_training_curves(metrics, metrics.parent / "curves.png")
+            logger.info("Training curves: %s", png)
 
     def _next_batch(self) -> list[dict[str, Any]]:
         try:

@@ -262,6 +262,7 @@ def build_model(cfg: Any) -> PcnaMaskRCNN:
         mask_head=mask_parts[1],
         mask_predictor=mask_parts[2],
         one_class_per_box=bool(h.get("ONE_CLASS_PER_BOX", True)),
+        class_agnostic_nms=bool(h.NMS_CLASS_AGNOSTIC),
     )
     transform = NoResizeTransform(min_size=1, max_size=1, image_mean=mean, image_std=std)
     model = PcnaMaskRCNN(backbone, rpn, roi_heads, transform, num_classes, channels)

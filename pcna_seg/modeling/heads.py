@@ -12,7 +12,10 @@ Post-processing modes (``MODEL.ROI_HEADS.ONE_CLASS_PER_BOX``):
 - False: torchvision/detectron2 behaviour, one candidate per (proposal, foreground class) above
   the score threshold; ``class_probs`` is still the proposal's full row.
 
-Either way: score threshold, removal of empty boxes, NMS per class, top ``detections_per_img``.
+Either way: score threshold, removal of empty boxes, NMS, top ``detections_per_img``. NMS is
+per class (COCO/detectron2 practice, what AP rewards) unless ``MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC``
+is set: then two proposals on one nucleus with different top phases cannot both survive, which
+is what phase calling and counting want (``tools/predict_net.py`` sets it).
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ CLASS_SPECIFIC_PREFIXES = (
 class PcnaRoIHeads(RoIHeads):
     """torchvision ``RoIHeads`` whose eval results also hold ``"class_probs"`` (N, K + 1)."""
 
-    def __init__(self, *args, one_class_per_box: bool = True, **kwargs) -> None:
+    def __init__(
+        self, *args, one_class_per_box: bool = True, class_agnostic_nms: bool = False, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.one_class_per_box = bool(one_class_per_box)
+        self.class_agnostic_nms = bool(class_agnostic_nms)
         self._last_class_probs: list[Tensor] | None = None
 
     def postprocess_detections(
@@ -80,7 +86,10 @@ class PcnaRoIHeads(RoIHeads):
             cand, scores, labels, src = cand[keep], scores[keep], labels[keep], src[keep]
             keep = box_ops.remove_small_boxes(cand, min_size=1e-2)
             cand, scores, labels, src = cand[keep], scores[keep], labels[keep], src[keep]
-            keep = box_ops.batched_nms(cand, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            if self.class_agnostic_nms:  # phases exclude each other: one nucleus, one detection
+                keep = box_ops.nms(cand, scores, self.nms_thresh)[: self.detections_per_img]
+            else:
+                keep = box_ops.batched_nms(cand, scores, labels, self.nms_thresh)[: self.detections_per_img]
             out_boxes.append(cand[keep])
             out_scores.append(scores[keep])
             out_labels.append(labels[keep])

@@ -141,9 +141,6 @@ class _atomic_h5:
     def __enter__(self) -> dict[str, h5py.File]:
         for k, c in self.ctx.items():
             tmp = c.__enter__()
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # temporary files are created 0600; final ones follow umask
             self.files[k] = h5py.File(tmp, "w")
         return self.files
 
