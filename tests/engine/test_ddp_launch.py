@@ -25,6 +25,7 @@ def test_two_process_gloo_training(tmp_path: Path) -> None:
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith("events"))
     assert written == [
         "config.yaml",
+        "curves.png",
         "last_checkpoint",
         "metrics.json",
         "model_0000001.pth",

@@ -74,6 +74,7 @@ def test_outputs_and_metrics_keys(tmp_path: Path) -> None:
     names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("events"))
     assert names == [
         "config.yaml",
+        "curves.png",
         "last_checkpoint",
         "metrics.json",
         "model_0000002.pth",
