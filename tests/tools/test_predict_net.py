@@ -1,0 +1,147 @@
+"""tools/predict_net.py: outputs for PCNA movies / datasets, and one-line errors with exit code 1."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+CFG = ROOT / "configs/quick_schedules/quick_stage3_pcna.yaml"
+NAMES = ["G1/G2", "S", "M"]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("predict_net_tool", ROOT / "tools/predict_net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny checkpoint (+ config.yaml), PCNA movies and their prepared dataset."""
+    from pcna_seg.config.config import load_config, save_config
+    from pcna_seg.data.converters.pcna import convert_masks
+    from pcna_seg.data.synthetic.write_pcna import write_masks
+    from pcna_seg.modeling import build_model
+
+    root = tmp_path_factory.mktemp("predict_net")
+    cfg = load_config(CFG, ["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "20"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    (root / "run").mkdir()
+    torch.save(
+        {"model": model.state_dict(), "config": cfg.dump(), "class_names": NAMES}, root / "run/model.pth"
+    )
+    save_config(cfg, root / "run/config.yaml")
+    write_masks(root / "movies", seed=0, n_movies=1, n_frames=2, height=64, width=72, n_nuclei=4)
+    convert_masks(root / "movies", root / "prepared", val_fraction=0.5, progress=False)
+    (root / "no_dic").mkdir()
+    for p in (root / "movies").glob("*mcy*"):
+        (root / "no_dic" / p.name).write_bytes(p.read_bytes())
+    return root
+
+
+def _argv(env: Path, inp: str | Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--weights",
+        str(env / "run/model.pth"),
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _fails(capsys, argv: list[str], match: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        _tool().main(argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert match in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_predicts_every_movie_frame(env: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pred"
+    _tool().main(_argv(env, env / "movies", out, "--score-thresh", "0.0"))
+    printed = capsys.readouterr().out
+    assert "total" in printed and "G1/G2" in printed
+    labels = sorted(out.glob("*_labels.tif"))
+    assert [p.name for p in labels] == ["mcf10a_s01_0000_labels.tif", "mcf10a_s01_0001_labels.tif"]
+    assert len(list(out.glob("*_overlay.png"))) == 2
+    n_objects = 0
+    for p in labels:
+        lab = tifffile.imread(p)
+        assert lab.shape == (64, 72) and lab.dtype == np.uint16
+        n_objects += len(np.unique(lab[lab > 0]))
+    with open(out / "objects.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == n_objects > 0
+    assert {r["phase"] for r in rows} <= set(NAMES)
+    assert not list(out.glob(".*tmp*"))  # no temporary leftovers
+
+
+@pytest.mark.slow
+def test_dataset_json_and_tiling(env: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pred"
+    _tool().main(
+        _argv(env, env / "prepared/val.json", out, "--tile", "48", "--overlap", "16", "--score-thresh", "0")
+    )
+    n_images = len(json.loads((env / "prepared/val.json").read_text())["images"])
+    assert len(list(out.glob("*_labels.tif"))) == n_images > 0 and (out / "objects.csv").is_file()
+
+
+def test_bad_inputs_exit_1_and_write_nothing(env: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pred"
+    argv = _argv(env, env / "movies", out)
+    argv[1] = str(env / "run/missing.pth")
+    _fails(capsys, argv, "Weights file not found")
+    (tmp_path / "empty").mkdir()
+    _fails(capsys, _argv(env, tmp_path / "empty", out), "holds no images")
+    _fails(capsys, _argv(env, env / "no_dic", out), "'dic'")
+    _fails(capsys, _argv(env, "no_such_dataset_x", out), "not a file, folder")
+    _fails(capsys, _argv(env, env / "movies", out, "--tile", "32", "--overlap", "32"), "--overlap")
+    _fails(capsys, _argv(env, env / "movies", out, "MODEL.NO_SUCH_KEY", "1"), "MODEL.NO_SUCH_KEY")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_grey_images_with_a_grey_recipe(tmp_path: Path, capsys) -> None:
+    from pcna_seg.config.config import load_config
+    from pcna_seg.data.image_io import write_image
+    from pcna_seg.modeling import build_model
+
+    cfg = load_config(ROOT / "configs/quick_schedules/quick_stage1_kaggle.yaml", ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    weights = tmp_path / "stage1.pth"  # no config.yaml beside it: --config-file names it
+    torch.save({"model": build_model(cfg).state_dict(), "class_names": ["nucleus"]}, weights)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "imgs" / name, rng.integers(0, 255, (40, 56)).astype(np.uint8))
+    out = tmp_path / "pred"
+    argv = [
+        "--weights",
+        str(weights),
+        "--config-file",
+        str(ROOT / "configs/quick_schedules/quick_stage1_kaggle.yaml"),
+    ]
+    _tool().main(
+        [*argv, "--input", str(tmp_path / "imgs/*.png"), "--output", str(out), "--score-thresh", "0"]
+    )
+    assert "nucleus" in capsys.readouterr().out
+    assert tifffile.imread(out / "b_labels.tif").shape == (40, 56)
+    with open(out / "objects.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header[4] == "prob_nucleus"
