@@ -91,6 +91,24 @@ def report_training(train_dir: Path) -> dict[str, Any]:
     return {"segm": segm, "bbox": bbox, "results": str(results_files[-1])}
 
 
+def predict_validation(out: Path) -> dict[str, Any]:
+    """Predict the held-out frames with the trained model, as tools/predict_net.py does."""
+    from pcna_seg.inference import Predictor, find_inputs, load_predict_config, run_prediction
+
+    weights = out / "train_stage3" / "model_final.pth"
+    opts = ["MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC", "True", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"]
+    cfg = load_predict_config(weights, None, opts)
+    frames = find_inputs(str(out / "datasets" / PCNA_FORMAT / "val.json"), None)
+    writer = run_prediction(Predictor(cfg, weights), frames, out / "predictions", progress=False)
+    print("\nPredicted phases on the held-out frames (tools/predict_net.py does the same on your movies):")
+    print(writer.count_table())
+    overlays = sorted((out / "predictions").glob("*_overlay.png"))
+    if overlays:
+        print(f"  picture: {overlays[0]}  (+{len(overlays) - 1} more)")
+    print(f"  objects: {out / 'predictions' / 'objects.csv'}")
+    return {"counts": dict(writer.counts), "output": str(out / "predictions")}
+
+
 def run_demo(out: Path, train: bool = True, seed: int = 0, opts: list[str] | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; returns a summary dict (also written as summary.json)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -118,5 +136,6 @@ def run_demo(out: Path, train: bool = True, seed: int = 0, opts: list[str] | Non
         ] + list(opts or [])
         run_train_net(DEMO_CONFIG, overrides)
         summary["training"] = report_training(out / "train_stage3")
+        summary["prediction"] = predict_validation(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -156,6 +156,8 @@ def load_weights(
     report = LoadReport(path=str(path))
     new_state: dict[str, torch.Tensor] = {}
     for name, dst in target.items():
+        if name.endswith("num_batches_tracked"):  # a BN counter, not a weight: never reported
+            continue
         if name not in source:
             report.missing.append(name)
             continue
