@@ -111,9 +111,11 @@ def _resolve_from_root(name: str, root: Path) -> Path | None:
 
 
 def _ensure(name: str, root: str | os.PathLike | None) -> None:
-    if name in _LOADERS:
-        return
     base = datasets_root(root)
+    if name in _LOADERS:
+        resolved_in = _METADATA[name].get("resolved_in")
+        if resolved_in is None or resolved_in == str(base.resolve()):
+            return  # registered explicitly, or found under this same root before
     found = _resolve_from_root(name, base)
     if found is None:
         known = ", ".join(list_datasets()) or "none"
@@ -121,7 +123,7 @@ def _ensure(name: str, root: str | os.PathLike | None) -> None:
             f"Dataset {name!r} is not registered (registered: {known}) and no prepared folder for it "
             f"was found under {base} (set DATASETS.ROOT or ${ENV_VAR}, or run tools/prepare_dataset.py)"
         )
-    register_coco(name, found)
+    register_coco(name, found, {"resolved_in": str(base.resolve())})
 
 
 def get_dataset(name: str, root: str | os.PathLike | None = None) -> list[Record]:

@@ -95,3 +95,14 @@ def test_load_coco_errors(tmp_path):
         load_coco(bad)
     with pytest.raises(DataError, match="not found"):
         load_coco(tmp_path / "nothing.json")
+
+
+def test_same_name_under_another_root_is_resolved_again(tmp_path, monkeypatch):
+    for sub, n_movies in (("a", 2), ("b", 3)):
+        recs, names = _records(tmp_path / sub / "toyset", n_movies=n_movies, n_frames=1)
+        card = CardBuilder("toyset", names, "test")
+        write_prepared_dataset(tmp_path / sub / "toyset", recs, names, card, val_fraction=0.0)
+    assert len(catalog.get_dataset("toyset", tmp_path / "a")) == 2
+    assert len(catalog.get_dataset("toyset", tmp_path / "b")) == 3
+    catalog.register_dataset("toyset", lambda: [], {})  # explicit registration wins everywhere
+    assert catalog.get_dataset("toyset", tmp_path / "a") == []
