@@ -7,14 +7,20 @@
     gzip — and (b) with this project's 64-tile chunks (lz4 and uncompressed); cost of one
     random sample (h5py defaults, what a plain ``Dataset.__getitem__`` does) and of a batch
     of 100 drawn by :class:`ChunkShuffleSampler` through :class:`H5TileDataset`.
-(3) Loader: an HDF5 of ``--loader-tiles`` (default 100k) random 160×160×2 tiles written in big
-    blocks, read by ``build_unet_loaders``-style DataLoaders with ``--loader-workers`` workers
-    (batch 100), with and without augmentation, float32/int64 and compact float16/uint8
-    batches; wall tiles/s, CPU per tile (main + reaped workers) and the rate that cost allows on
-    2 dedicated cores (target ≥ 5,000 tiles/s).
+(3) Loader: an HDF5 of ``--loader-tiles`` (default 100k) 160×160×2 tiles (the realistic tiles
+    of (1) repeated, or noise with ``--random-tiles``), read by the trainer's own loaders
+    (``build_unet_loaders``: TileLoader, persistent workers) with ``--loader-workers`` workers,
+    batch 100: augmented float32/int64 and compact float16/uint8 (the default), without
+    augmentation, and with 0 workers; ``--baseline OLD_dataset.py`` adds the same loaders of an
+    older dataset module (``git show REV:pcna_seg/unet/dataset.py > old.py``) for a before/after
+    ratio in one run. After ``--warmup`` batches, ``--batches`` batches delivered to the main
+    process are timed: wall tiles/s, CPU per tile (main + workers, from /proc), the rate that
+    cost allows on 2 dedicated cores (target ≥ 5,000 tiles/s), the 1-minute load average
+    (includes the benchmark's own processes) and the cores other jobs used meanwhile.
 (4) Training throughput, when ``benchmarks/bench_unet_train.py`` provides ``run``.
 
-    python benchmarks/bench_unet.py [--workdir DIR] [--frames 4] [--loader-tiles 100000] [--quick]
+    python benchmarks/bench_unet.py [--workdir DIR] [--sections tiling,layout,loader,train]
+        [--loader-tiles 100000] [--baseline old_dataset.py] [--random-tiles] [--quick]
 
 Everything is written under a temporary folder (or ``--workdir``) and deleted afterwards.
 """
@@ -23,9 +29,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import logging
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -41,8 +47,9 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pcna_seg.config import load_config  # noqa: E402
 from pcna_seg.data.synthetic.write_livedead import write  # noqa: E402
-from pcna_seg.unet.dataset import ChunkShuffleSampler, H5TileDataset, collate_tiles  # noqa: E402
+from pcna_seg.unet.dataset import ChunkShuffleSampler, H5TileDataset, build_unet_loaders, to_device  # noqa: E402
 from pcna_seg.unet.tiling import TilingSettings, create_tile_datasets, discover_frames, tile_to_h5  # noqa: E402
 
 
@@ -170,11 +177,21 @@ def bench_layout(work: Path, tiles_file: Path, n: int, quick: bool) -> None:
     )
 
 
-def make_big_file(path: Path, like: Path, n: int, block: int = 6400) -> float:
-    """Write ``n`` random tiles in blocks of ``block`` with the project layout; returns seconds."""
+def make_big_file(path: Path, like: Path, n: int, random_tiles: bool, block: int = 6400) -> float:
+    """Write ``n`` tiles with the project layout in blocks of ``block``; returns seconds.
+
+    Default: the realistic tiles of ``like`` repeated (labels compress like real ones);
+    ``random_tiles``: uniform noise images and labels (worst case for the lz4 labels)."""
     rng = np.random.default_rng(0)
-    data = rng.random((block, 2, 160, 160), dtype=np.float32).astype(np.float16)
-    labels = rng.integers(0, 3, (block, 160, 160), dtype=np.uint8)
+    if random_tiles:
+        data = rng.random((block, 2, 160, 160), dtype=np.float32).astype(np.float16)
+        labels = rng.integers(0, 3, (block, 160, 160), dtype=np.uint8)
+    else:
+        with h5py.File(like, "r") as f:
+            pick = np.sort(rng.choice(f["data"].shape[0], min(block, f["data"].shape[0]), replace=False))
+            data, labels = f["data"][pick], f["labels"][pick]
+        rep = -(-block // len(data))
+        data, labels = np.tile(data, (rep, 1, 1, 1))[:block], np.tile(labels, (rep, 1, 1))[:block]
     t0 = time.perf_counter()
     with h5py.File(path, "w") as f, h5py.File(like, "r") as src:
         create_tile_datasets(f, TilingSettings(), 2)
@@ -191,51 +208,144 @@ def make_big_file(path: Path, like: Path, n: int, block: int = 6400) -> float:
     return time.perf_counter() - t0
 
 
-def bench_loader(work: Path, like: Path, n: int, workers: int, n_batches: int) -> None:
-    """Loader wall rate, plus CPU per tile of the whole pipeline (workers reaped → exact) and the
-    rate that CPU cost projects for 2 dedicated cores (this machine is shared while measuring)."""
-    path = work / "big.h5"
-    dt = make_big_file(path, like, n)
-    print(f"\n(3) wrote {n} random tiles ({path.stat().st_size / 1e9:.1f} GB) in {dt:.0f} s")
-    rows = []
-    configs = ((True, workers, False), (True, workers, True), (False, workers, False), (True, 0, False))
-    for epoch, (aug, nw, compact) in enumerate(configs):
-        ds = H5TileDataset(path, augment=aug, compact=compact)
-        sampler = ChunkShuffleSampler(len(ds), ds.chunk, 100, 0, mix=4)
-        sampler.set_epoch(epoch)  # a different order per configuration: no page-cache head start
-        batches = list(sampler)[:n_batches]
-        kw = {"prefetch_factor": 4} if nw else {}
-        loader = DataLoader(ds, batch_sampler=batches, num_workers=nw, collate_fn=collate_tiles, **kw)
-        r0, c0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
-        t0, count = time.perf_counter(), 0
-        for xy in loader:
-            count += xy[0].shape[0]
-        x, y = xy
-        wall = time.perf_counter() - t0
+def _worker_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of live processes ``pids`` (Linux /proc; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _busy_cpu() -> float:
+    """CPU seconds all processes of this machine have used (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def _baseline_loader(mod, path: Path, aug: bool, nw: int, compact: bool, epoch: int) -> DataLoader:
+    """A loader built the way the baseline module's ``build_unet_loaders`` built it."""
+    ds = mod.H5TileDataset(path, augment=aug, compact=compact)
+    sampler = mod.ChunkShuffleSampler(len(ds), ds.chunk, 100, 0, mix=4)
+    sampler.set_epoch(epoch)
+    kw = {"persistent_workers": True, "prefetch_factor": 4} if nw else {}
+    gen = torch.Generator().manual_seed(0)
+    return DataLoader(
+        ds, batch_sampler=sampler, num_workers=nw, generator=gen, collate_fn=mod.collate_tiles, **kw
+    )
+
+
+def _loader(path: Path, aug: bool, nw: int, compact: bool, epoch: int) -> DataLoader:
+    """The trainer's loader: ``build_unet_loaders`` of a default config pointed at ``path``."""
+    opts = ["UNET.DATA.TRAIN_H5", str(path), "UNET.DATA.BATCH_SIZE", "100", "SEED", "0"]
+    opts += ["UNET.DATA.NUM_WORKERS", str(nw), "UNET.DATA.AUGMENT", str(aug)]
+    opts += ["UNET.DATA.COMPACT", str(compact)]
+    train, _ = build_unet_loaders(load_config(None, opts))
+    train.batch_sampler.set_epoch(epoch)  # a different order per configuration: no cache head start
+    return train
+
+
+def time_loader(loader: DataLoader, n_batches: int, warmup: int) -> dict:
+    """Iterate ``warmup`` batches (starts the workers), then time ``n_batches`` delivered to this
+    process; CPU = this process + its workers over the timed window; ``others``: cores that other
+    jobs kept busy meanwhile (machine-wide busy CPU minus ours, per wall second)."""
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    inner = getattr(loader, "_iterator", None) or it  # TileLoader iterates a persistent DataLoader iterator
+    pids = [w.pid for w in getattr(inner, "_workers", [])]
+    load0, busy0 = os.getloadavg()[0], _busy_cpu()
+    c0, t0, count = time.process_time() + _worker_cpu(pids), time.perf_counter(), 0
+    for _ in range(n_batches):
+        x, y = next(it)
+        count += x.shape[0]
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() + _worker_cpu(pids) - c0
+    others = max(0.0, _busy_cpu() - busy0 - cpu) / wall
+    if hasattr(inner, "_shutdown_workers"):
+        inner._shutdown_workers()
+    load = (load0 + os.getloadavg()[0]) / 2
+    return {"tiles": count, "wall": wall, "cpu": cpu, "load": load, "others": others, "x": x, "y": y}
+
+
+def bench_loader(work: Path, like: Path, a: argparse.Namespace) -> None:
+    """Loader wall rate, CPU per tile of the whole pipeline (main + workers) and the rate that
+    CPU cost projects for 2 dedicated cores; the baseline rows use ``--baseline`` (an older
+    dataset.py), the others exactly the trainer's ``build_unet_loaders``."""
+    path, nw = work / "big.h5", a.loader_workers
+    dt = make_big_file(path, like, a.loader_tiles, a.random_tiles)
+    kind = "random" if a.random_tiles else "realistic (repeated)"
+    print(f"\n(3) wrote {a.loader_tiles} {kind} tiles ({path.stat().st_size / 1e9:.1f} GB) in {dt:.0f} s")
+    configs = []  # (name, factory(epoch) -> loader)
+    if a.baseline:
+        spec = importlib.util.spec_from_file_location("baseline_dataset", a.baseline)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["baseline_dataset"] = mod
+        spec.loader.exec_module(mod)
+        configs += [
+            ("baseline float32", lambda e: _baseline_loader(mod, path, True, nw, False, e)),
+            ("baseline compact", lambda e: _baseline_loader(mod, path, True, nw, True, e)),
+        ]
+    configs += [
+        ("new float32", lambda e: _loader(path, True, nw, False, e)),
+        ("new default (compact)", lambda e: _loader(path, True, nw, True, e)),
+        ("new default, no augment", lambda e: _loader(path, False, nw, True, e)),
+        ("new default, 0 workers", lambda e: _loader(path, True, 0, True, e)),
+    ]
+    rows, res = [], {}
+    for epoch, (name, factory) in enumerate(configs):
+        loader = factory(epoch)
+        r = time_loader(loader, a.batches, a.warmup)
         del loader
         gc.collect()
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = time.process_time() - c0 + (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
-        assert x.dtype == (torch.float16 if compact else torch.float32)
-        batch = f"{str(x.dtype)[6:]}/{str(y.dtype)[6:]}"
-        per_tile = cpu / count * 1e3
+        res[name] = r
+        workers = 0 if "0 workers" in name else nw
+        per_tile = r["cpu"] / r["tiles"] * 1e3
+        batch = f"{str(r['x'].dtype)[6:]}/{str(r['y'].dtype)[6:]}"
         rows.append(
-            [nw, "yes" if aug else "no", batch, count, f"{count / wall:.0f}", f"{per_tile:.3f}",
-             f"{2 / per_tile * 1e3:.0f}", f"{2 / per_tile * 1e3 / 5000:.2f}"]
+            [name, workers, batch, r["tiles"], f"{r['tiles'] / r['wall']:.0f}", f"{per_tile:.3f}",
+             f"{2 / per_tile * 1e3:.0f}", f"{r['load']:.2f}", f"{r['others']:.2f}"]
         )  # fmt: skip
     table(
-        f"(3) Loader throughput, {n}-tile file, batch 100, ChunkShuffleSampler(mix=4), {n_batches} batches",
+        f"(3) Loader throughput, {a.loader_tiles}-tile file, batch 100, {a.warmup} warm-up + {a.batches} "
+        f"timed batches delivered to the main process, {os.cpu_count()} cores",
         [
+            "loader",
             "workers",
-            "augment",
             "batch dtypes",
             "tiles",
             "tiles/s wall",
             "CPU ms/tile",
             "2-core tiles/s",
-            "vs 5k",
+            "loadavg",
+            "other jobs (cores)",
         ],
         rows,
+    )
+    x, y = res["new default (compact)"]["x"], res["new default (compact)"]["y"]
+    t0 = time.perf_counter()
+    for _ in range(20):
+        to_device(x, y, "cpu")
+    conv = (time.perf_counter() - t0) / 20 * 1e3
+    print(f"    to_device(compact batch, 'cpu'): {conv:.1f} ms/batch in the main process (0 on a GPU host)")
+    ref = "baseline float32" if "baseline float32" in res else "new float32"
+    old, new = res[ref], res["new default (compact)"]
+    rate = [r["tiles"] / r["wall"] for r in (old, new)]
+    cpu = [r["cpu"] / r["tiles"] * 1e3 for r in (old, new)]
+    table(
+        f"(3b) New default (compact, augmented, {nw} workers) vs {ref}",
+        ["metric", ref, "new default", "ratio new/old"],
+        [
+            ["tiles/s wall", f"{rate[0]:.0f}", f"{rate[1]:.0f}", f"{rate[1] / rate[0]:.2f}"],
+            ["CPU ms/tile", f"{cpu[0]:.3f}", f"{cpu[1]:.3f}", f"{cpu[1] / cpu[0]:.2f}"],
+            ["2-core tiles/s", f"{2e3 / cpu[0]:.0f}", f"{2e3 / cpu[1]:.0f}", f"{cpu[0] / cpu[1]:.2f}"],
+        ],
     )
     path.unlink()
 
@@ -243,6 +353,7 @@ def bench_loader(work: Path, like: Path, n: int, workers: int, n_batches: int) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--sections", default="tiling,layout,loader,train", help="comma list of sections to run")
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--height", type=int, default=2700)
     p.add_argument("--width", type=int, default=3600)
@@ -250,20 +361,34 @@ def main() -> None:
     p.add_argument("--layout-tiles", type=int, default=4000)
     p.add_argument("--loader-tiles", type=int, default=100_000)
     p.add_argument("--loader-workers", type=int, default=2)
-    p.add_argument("--batches", type=int, default=300, help="loader batches (of 100) per configuration")
+    p.add_argument("--batches", type=int, default=300, help="timed loader batches (of 100) per configuration")
+    p.add_argument("--warmup", type=int, default=20, help="untimed loader batches first (worker start-up)")
+    p.add_argument("--random-tiles", action="store_true", help="loader file of noise tiles, not real ones")
+    p.add_argument(
+        "--baseline", type=Path, default=None, help="an older dataset.py to compare the loader with"
+    )
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test of the script)")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if a.quick:
         a.frames, a.height, a.width, a.layout_tiles, a.loader_tiles, a.batches = 2, 540, 720, 2000, 5000, 20
+        a.warmup = 5
+    sections = set(a.sections.split(","))
     print(f"cpu cores: {os.cpu_count()}, torch {torch.__version__}, h5py {h5py.__version__}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     work = Path(tempfile.mkdtemp(prefix="bench_unet_", dir=a.workdir))
     try:
-        tiles = bench_tiling(work, a.frames, a.height, a.width, a.tile_workers)
-        bench_layout(work, tiles, a.layout_tiles, a.quick)
-        bench_loader(work, tiles, a.loader_tiles, a.loader_workers, a.batches)
+        if sections & {"tiling", "layout", "loader"}:
+            tiles = bench_tiling(work, a.frames, a.height, a.width, a.tile_workers)
+        if "layout" in sections:
+            bench_layout(work, tiles, a.layout_tiles, a.quick)
+        if "loader" in sections:
+            bench_loader(work, tiles, a)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if "train" not in sections:
+        return
     try:
         from bench_unet_train import run as run_train
     except ImportError:

@@ -199,7 +199,7 @@ _C.UNET.DATA.AUGMENT = True  # flips, rot90, intensity jitter
 _C.UNET.DATA.NUM_WORKERS = 2
 _C.UNET.DATA.BATCH_SIZE = 100
 _C.UNET.DATA.MIX_CHUNKS = 4  # training batches mix tiles of this many random HDF5 chunks
-_C.UNET.DATA.COMPACT = False  # batches as float16 images / uint8 targets; convert on the device
+_C.UNET.DATA.COMPACT = True  # float16 images / uint8 targets per batch (4x less traffic), converted on device
 
 _C.UNET.LOSS = CN()
 _C.UNET.LOSS.NAME = "weighted_ce"  # "weighted_ce", "dice", "dice_ce", "bce"

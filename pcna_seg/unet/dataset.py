@@ -1,215 +1,79 @@
-"""Read HDF5 tile files (written by :mod:`pcna_seg.unet.tiling`) for U-Net training.
+"""Torch side of HDF5 tile files (written by :mod:`pcna_seg.unet.tiling`) for U-Net training.
 
 - :class:`H5TileDataset` opens the file lazily in each DataLoader worker (never keeps a handle
-  from ``__init__``, so it pickles under spawn) and reads a whole batch in ``__getitems__``:
-  uncompressed data straight from a memory map (:class:`MappedChunks`), compressed data with
-  one HDF5 read per touched chunk (:func:`read_rows`).
+  from ``__init__``, so it pickles under spawn) and builds a whole batch in ``__getitems__``:
+  each tile is copied once, already flipped/rotated, from a memory map of the file
+  (:class:`~pcna_seg.unet.tile_io.MappedChunks`, uncompressed data) or from whole decoded
+  chunks (:class:`~pcna_seg.unet.tile_io.DecodedChunks`, compressed data) into the batch.
+  Augmentation is a pure function of (seed, epoch, tile index).
 - :class:`ChunkShuffleSampler` yields batches in a chunk-aware random order: chunks are
   shuffled, then ``mix`` chunks at a time are pooled and their tiles shuffled, so a batch
   mixes tiles of several distant chunks (frames, wells) while every chunk is decompressed
-  about once per epoch and worker (the HDF5 chunk cache holds the pooled chunks).
+  about once per epoch and worker (the decoded-chunk cache holds the pooled chunks).
+- :class:`TileLoader` (a DataLoader) lets workers fill a fixed shared-memory ring of batches.
 - :func:`build_unet_loaders` builds both loaders from ``cfg.UNET.DATA``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the LZ4/Blosc/Zstd filters for reading)
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from pcna_seg.errors import ConfigError, DataError
-from pcna_seg.unet.tiling import ARRAYS, TILES_VERSION
+from pcna_seg.unet.tile_io import (
+    DecodedChunks,
+    MappedChunks,
+    check_expected,
+    dihedral_into,
+    expected_from_cfg,
+    read_tile_meta,
+)
 
 logger = logging.getLogger(__name__)
 
-# attr name in the tile file → config key it must match
-EXPECTED_KEYS: dict[str, str] = {
-    "tile": "UNET.TILING.TILE",
-    "channels": "UNET.CHANNELS",
-    "classes": "UNET.CLASSES",
-    "mode": "UNET.MODE",
-    "normalization": "UNET.TILING.NORMALIZATION",
-}
+
+class EpochBatch(list):
+    """A batch of tile indices (a ``list``) that also carries the ``epoch`` it was drawn for (so a
+    worker's augmentation depends on (seed, epoch, index) only) and, from :class:`TileLoader`,
+    the shared-memory ring ``slot`` to fill (-1: none) and the batch's sequence number ``seq``."""
+
+    def __init__(self, indices: Sequence[int], epoch: int | None, slot: int = -1, seq: int = 0) -> None:
+        super().__init__(indices)
+        self.epoch, self.slot, self.seq = epoch, slot, seq
 
 
-def _plain(value: Any) -> Any:
-    """h5py attr value → plain Python (str, int, float, list)."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+class RingRef(NamedTuple):
+    """What a worker returns for a batch written into ring ``slot`` (``b`` tiles, sequence ``seq``)."""
 
+    slot: int
+    seq: int
+    b: int
 
-def read_tile_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """Open, validate and close a tile file; return its attrs plus ``n`` and ``chunk``.
-
-    DataError names the file when it is missing, not HDF5, truncated, incomplete, of another
-    schema version, or when its datasets disagree in length or shape.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Tile file not found: {path} (make it with tools/tile_h5.py)")
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-            missing = [name for name in (*ARRAYS, "frames", "groups") if name not in f]
-            shapes = {name: f[name].shape for name in ARRAYS if name in f}
-            chunk = f["data"].chunks[0] if "data" in f and f["data"].chunks else 1
-    except OSError as exc:
-        raise DataError(f"Cannot open tile file {path}: truncated or not HDF5 ({exc})") from None
-    if attrs.get("pcna_seg_tiles_version") != TILES_VERSION:
-        raise DataError(
-            f"Tile file {path} has pcna_seg_tiles_version={attrs.get('pcna_seg_tiles_version')!r}; "
-            f"expected {TILES_VERSION}"
-        )
-    if attrs.get("complete") is not True:
-        raise DataError(
-            f"Tile file {path} is incomplete (attr complete is not True; was tiling interrupted?)"
-        )
-    if missing:
-        raise DataError(f"Tile file {path} lacks the datasets {missing}")
-    n = shapes["data"][0]
-    t = int(attrs.get("tile", -1))
-    if (
-        any(shp[0] != n for shp in shapes.values())
-        or shapes["data"][1:] != (len(attrs.get("channels", [])), t, t)
-        or shapes["labels"][1:] != (t, t)
-        or shapes["class_counts"][1:] != (len(attrs.get("classes", [])),)
-    ):
-        raise DataError(f"Tile file {path} has inconsistent dataset shapes {shapes} for its attrs")
-    if n == 0:
-        raise DataError(f"Tile file {path} holds no tiles")
-    return {**attrs, "n": int(n), "chunk": int(chunk)}
-
-
-def check_expected(path: str | os.PathLike, meta: dict[str, Any], expected: dict[str, Any]) -> None:
-    """ConfigError naming the file, the attribute and both values when the file does not match."""
-    for key, want in expected.items():
-        got = meta.get(key)
-        want_plain = list(want) if isinstance(want, list | tuple) else want
-        if got != want_plain:
-            cfg_key = EXPECTED_KEYS.get(key, key)
-            raise ConfigError(
-                f"Tile file {path} was made with {key}={got!r} but the config has {cfg_key}={want_plain!r}; "
-                "re-tile with this config or use a matching config"
-            )
-
-
-def expected_from_cfg(cfg: Any) -> dict[str, Any]:
-    """The attrs a tile file must have to be used with ``cfg`` (see :data:`EXPECTED_KEYS`)."""
-    return {
-        "tile": int(cfg.UNET.TILING.TILE),
-        "channels": list(cfg.UNET.CHANNELS),
-        "classes": list(cfg.UNET.CLASSES),
-        "mode": str(cfg.UNET.MODE),
-        "normalization": str(cfg.UNET.TILING.NORMALIZATION),
-    }
-
-
-def index_runs(sorted_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique indices → (starts, lengths) of their contiguous runs."""
-    if sorted_idx.size == 0:
-        return sorted_idx, sorted_idx
-    breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
-    starts = sorted_idx[np.r_[0, breaks]]
-    ends = sorted_idx[np.r_[breaks - 1, sorted_idx.size - 1]]
-    return starts, ends - starts + 1
-
-
-def read_rows(ds: h5py.Dataset, rows: np.ndarray, out: np.ndarray, chunk: int) -> None:
-    """Read sorted unique ``rows`` of ``ds`` into ``out`` (same order), chunk by chunk.
-
-    Rows of one chunk are read as one contiguous span (then selected) when the span is at
-    most max(4 × their number, 128) rows, else run by run: one read of a cached chunk is far
-    cheaper than many small ones. (A single union-of-hyperslabs read is ~100× slower in HDF5.)
-    """
-    pos = 0
-    for c in np.unique(rows // chunk).tolist():
-        sel = rows[(rows >= c * chunk) & (rows < (c + 1) * chunk)]
-        a, z = int(sel[0]), int(sel[-1]) + 1
-        if z - a <= max(4 * sel.size, 128):
-            if z - a == sel.size:
-                ds.read_direct(out, np.s_[a:z], np.s_[pos : pos + sel.size])
-            else:
-                out[pos : pos + sel.size] = ds[a:z][sel - a]
-        else:
-            starts, lengths = index_runs(sel)
-            for s0, n in zip(starts.tolist(), lengths.tolist()):
-                ds.read_direct(out, np.s_[s0 : s0 + n], np.s_[pos : pos + n])
-                pos += n
-            continue
-        pos += sel.size
-
-
-class MappedChunks:
-    """Rows of an uncompressed chunked dataset read straight from a memory map of the file.
-
-    HDF5 is asked once for every chunk's byte offset; rows are then plain page-cache copies,
-    without per-read library overhead or read() system calls (the fast path for raw data).
-    """
-
-    def __init__(self, mm: np.ndarray, offsets: np.ndarray, chunk: int, row_shape: tuple, dtype: np.dtype):
-        self.mm, self.offsets, self.chunk = mm, offsets, chunk
-        self.row_shape, self.dtype = row_shape, dtype
-        self.views: dict[int, np.ndarray] = {}
-
-    @classmethod
-    def open(cls, ds: h5py.Dataset, path: str) -> MappedChunks | None:
-        """None unless ``ds`` is chunked along rows only, unfiltered, fully allocated, native dtype."""
-        chunks = ds.chunks
-        if chunks is None or ds._filters or chunks[1:] != ds.shape[1:] or not ds.dtype.isnative:
-            return None
-        n_chunks = -(-ds.shape[0] // chunks[0])
-        if ds.id.get_num_chunks() != n_chunks:
-            return None
-        offsets = np.empty(n_chunks, np.int64)
-        for i in range(n_chunks):
-            info = ds.id.get_chunk_info(i)
-            if info.byte_offset is None:
-                return None
-            offsets[info.chunk_offset[0] // chunks[0]] = info.byte_offset
-        mm = np.memmap(path, dtype=np.uint8, mode="r")
-        return cls(mm, offsets, chunks[0], tuple(ds.shape[1:]), ds.dtype)
-
-    def _view(self, c: int) -> np.ndarray:
-        v = self.views.get(c)
-        if v is None:
-            v = np.ndarray(
-                (self.chunk, *self.row_shape), self.dtype, buffer=self.mm, offset=int(self.offsets[c])
-            )
-            self.views[c] = v
-        return v
-
-    def read(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """Copy sorted ``rows`` into ``out`` (same order)."""
-        pos = 0
-        chunk_of = rows // self.chunk
-        for c in np.unique(chunk_of).tolist():
-            sel = rows[chunk_of == c] - c * self.chunk
-            out[pos : pos + sel.size] = self._view(c)[sel]
-            pos += sel.size
+    def pin_memory(self) -> RingRef:  # the DataLoader's pin thread leaves it alone
+        return self
 
 
 class H5TileDataset(Dataset):
     """Tiles of one HDF5 tile file: item i = (image (C, T, T) float32 tensor, target (T, T) int64 tensor).
 
     ``augment``: random dihedral transform (rot90 × flip, same for image and target) and per
-    channel intensity jitter ``x · (1 ± contrast) ± brightness``; numpy, seeded per worker from
-    torch's worker seed. ``expected``: attrs the file must have (see :func:`expected_from_cfg`).
-    ``compact``: items are (float16 image, uint8 target) instead — 4× less worker → main and
-    host → GPU traffic; convert on the device (:func:`to_device`). ``cache_chunks``: HDF5
-    chunk-cache size in chunks per open file.
+    channel intensity jitter ``x · (1 ± contrast) ± brightness`` (computed in float16). The
+    transform of tile i in epoch e is a pure function of (``seed``, e, i) (:meth:`augment_params`),
+    whatever the batch, worker or number of workers: e comes with the batch
+    (:class:`EpochBatch`, as :class:`ChunkShuffleSampler` yields) or else from :meth:`set_epoch`.
+    ``seed`` None: drawn from torch's global generator now. ``expected``: attrs the file must
+    have (see :func:`expected_from_cfg`). ``compact``: items are (float16 image, uint8 target) —
+    4× less worker → main and host → GPU traffic; convert on the device (:func:`to_device`);
+    otherwise the float32 image equals the compact one converted. ``cache_chunks``: decoded
+    chunks kept per dataset (compressed data only).
     """
 
     def __init__(
@@ -221,6 +85,7 @@ class H5TileDataset(Dataset):
         brightness: float = 0.05,
         cache_chunks: int = 16,
         compact: bool = False,
+        seed: int | None = None,
     ) -> None:
         self.path = str(path)
         meta = read_tile_meta(path)
@@ -231,96 +96,147 @@ class H5TileDataset(Dataset):
         self.channels, self.classes = list(meta["channels"]), list(meta["classes"])
         self.augment, self.contrast, self.brightness = bool(augment), float(contrast), float(brightness)
         self.cache_chunks, self.compact = int(cache_chunks), bool(compact)
+        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        self.epoch = 0
         self._file: h5py.File | None = None
-        self._rng: np.random.Generator | None = None
-        self._direct: dict[str, MappedChunks | None] = {}
+        self._params: tuple[int, tuple[np.ndarray, ...]] | None = None
+        self._src: dict[str, MappedChunks | DecodedChunks] = {}
+        self._stage: tuple[np.ndarray, np.ndarray] | None = None
+        self._ring: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # shared, kept by workers
 
     def __len__(self) -> int:
         return self.n
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_file"], state["_rng"], state["_direct"] = None, None, {}  # each process opens its own
+        state.update(_file=None, _params=None, _src={}, _stage=None)  # each process opens its own
         return state
 
-    def _open(self) -> h5py.File:
-        if self._file is None:
-            chunk_bytes = self.chunk * len(self.channels) * self.tile * self.tile * 2
-            try:
-                self._file = h5py.File(
-                    self.path,
-                    "r",
-                    rdcc_nbytes=max(self.cache_chunks * chunk_bytes, 1 << 20),
-                    rdcc_nslots=100003,
-                    rdcc_w0=0.0,  # plain LRU: keep fully read chunks for the next batches
-                )
-            except OSError as exc:
-                raise DataError(f"Cannot open tile file {self.path}: {exc}") from None
-        return self._file
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for batches that do not carry one (plain index lists, ``ds[i]``)."""
+        self.epoch = int(epoch)
 
-    def _generator(self) -> np.random.Generator:
-        if self._rng is None:
-            info = torch.utils.data.get_worker_info()
-            self._rng = np.random.default_rng(info.seed if info is not None else torch.initial_seed())
-        return self._rng
+    def _sources(self) -> dict[str, MappedChunks | DecodedChunks]:
+        if not self._src:
+            try:  # no HDF5 chunk cache: rows come from the memory map or whole decoded chunks
+                self._file = h5py.File(self.path, "r", rdcc_nbytes=0)
+                for name in ("data", "labels"):
+                    ds = self._file[name]
+                    mapped = MappedChunks.open(ds, self.path)
+                    self._src[name] = mapped or DecodedChunks(ds, self.chunk, self.cache_chunks)
+            except (OSError, KeyError) as exc:
+                self.close()
+                raise DataError(f"Cannot open tile file {self.path}: {exc}") from None
+        return self._src
 
     def close(self) -> None:
         """Close this process's file handle (it is reopened on the next read)."""
+        self._src = {}
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._direct = {}
+
+    def augment_params(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Epoch's augmentation of every tile: rot90 count (N,) uint8, flip (N,) bool, gain and
+        offset (N, C) float32; drawn for all tiles at once from (seed, epoch), cached per process."""
+        if self._params is None or self._params[0] != epoch:
+            rng = np.random.default_rng([self.seed, int(epoch), 0xA06])
+            code = rng.integers(0, 8, self.n, dtype=np.uint8)
+            c = len(self.channels)
+            gain = 1.0 + rng.uniform(-self.contrast, self.contrast, (self.n, c)).astype(np.float32)
+            offset = rng.uniform(-self.brightness, self.brightness, (self.n, c)).astype(np.float32)
+            self._params = (int(epoch), (code >> 1, (code & 1).astype(bool), gain, offset))
+        return self._params[1]  # type: ignore[return-value]
+
+    def _fill(self, idx: np.ndarray, images: np.ndarray, targets: np.ndarray, epoch: int | None) -> None:
+        """Copy tiles ``idx`` (transformed when ``epoch`` is not None) into images (B, C, T, T) and
+        targets (B, T, T): one copy per tile straight from the file's rows."""
+        src = self._sources()
+        data, labels = src["data"], src["labels"]
+        rot, flip = self.augment_params(epoch)[:2] if epoch is not None else (None, None)
+        try:
+            for i, r in enumerate(idx.tolist()):
+                if rot is None:
+                    images[i], targets[i] = data.row(r), labels.row(r)
+                else:
+                    dihedral_into(data.row(r), images[i], flip[r], rot[r])
+                    dihedral_into(labels.row(r), targets[i], flip[r], rot[r])
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(f"Cannot read tiles from {self.path}: {exc} (corrupt file?)") from None
+
+    def _check(self, indices: Sequence[int]) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n):
+            raise IndexError(f"tile index out of range 0..{self.n - 1}")
+        return idx
 
     def read_batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Raw rows in the given order: ((B, C, T, T) float16, (B, T, T) uint8), no augmentation."""
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n):
-            raise IndexError(f"tile index out of range 0..{self.n - 1}")
-        uniq, inverse = np.unique(idx, return_inverse=True)
-        f = self._open()
-        data = np.empty((uniq.size, len(self.channels), self.tile, self.tile), np.float16)
-        labels = np.empty((uniq.size, self.tile, self.tile), np.uint8)
-        try:
-            for name, out in (("data", data), ("labels", labels)):
-                if name not in self._direct:
-                    self._direct[name] = MappedChunks.open(f[name], self.path)
-                direct = self._direct[name]
-                if direct is not None:
-                    direct.read(uniq, out)
-                else:
-                    read_rows(f[name], uniq, out, self.chunk)
-        except (OSError, KeyError, ValueError) as exc:
-            raise DataError(f"Cannot read tiles from {self.path}: {exc} (corrupt file?)") from None
-        if uniq.size != idx.size or not np.array_equal(uniq, idx):
-            data, labels = data[inverse], labels[inverse]
+        idx = self._check(indices)
+        data = np.empty((idx.size, len(self.channels), self.tile, self.tile), np.float16)
+        labels = np.empty((idx.size, self.tile, self.tile), np.uint8)
+        self._fill(idx, data, labels, None)
         return data, labels
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        data, labels = self.read_batch(indices)
-        b = len(data)
+    def _dtypes(self) -> tuple[torch.dtype, torch.dtype]:
+        return (torch.float16, torch.uint8) if self.compact else (torch.float32, torch.int64)
+
+    def attach_ring(self, slots: int, batch_size: int) -> None:
+        """Allocate (once, before the workers start) a shared-memory ring of ``slots`` batches that
+        workers fill in place for batches carrying a slot (:class:`TileLoader`)."""
+        (img_t, tgt_t), c, t = self._dtypes(), len(self.channels), self.tile
+        self._ring = (
+            _new_tensor((slots, batch_size, c, t, t), img_t, True),
+            _new_tensor((slots, batch_size, t, t), tgt_t, True),
+            _new_tensor((slots,), torch.int64, True),
+        )
+
+    def take(self, ref: RingRef, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy ring batch ``ref`` out (into pinned memory if ``pin``) so its slot can be refilled."""
+        assert self._ring is not None
+        images, targets, seqs = self._ring
+        out = tuple(
+            torch.empty((ref.b, *r.shape[2:]), dtype=r.dtype, pin_memory=pin).copy_(r[ref.slot, : ref.b])
+            for r in (images, targets)
+        )
+        if int(seqs[ref.slot]) != ref.seq:
+            raise RuntimeError(f"ring slot {ref.slot} was refilled before batch {ref.seq} was copied out")
+        return out  # type: ignore[return-value]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | RingRef:
+        """Samples ``indices`` as a list of (image, target) views of one batch tensor; in a worker
+        given a ring slot (:class:`TileLoader`), the batch is written there and a RingRef returned."""
+        idx = self._check(indices)
+        b, c, t = idx.size, len(self.channels), self.tile
+        epoch = getattr(indices, "epoch", None)
+        epoch = (self.epoch if epoch is None else epoch) if self.augment else None
         shared = torch.utils.data.get_worker_info() is not None  # worker: fill shared memory directly
-        img_t, tgt_t = (torch.float16, torch.uint8) if self.compact else (torch.float32, torch.int64)
-        ti, tt = _new_tensor(data.shape, img_t, shared), _new_tensor(labels.shape, tgt_t, shared)
-        images, targets = ti.numpy(), tt.numpy()
-        if self.augment:
-            rng = self._generator()
-            rot, flip = rng.integers(0, 4, size=b), rng.random(b) < 0.5
-            for k in range(4):  # the 8 dihedral transforms, each applied to its samples at once
-                for fl in (False, True):
-                    sel = np.flatnonzero((rot == k) & (flip == fl))
-                    if sel.size:
-                        img, lab = data[sel], labels[sel]
-                        if fl:
-                            img, lab = img[..., ::-1], lab[..., ::-1]
-                        images[sel] = np.rot90(img, k, axes=(2, 3))
-                        targets[sel] = np.rot90(lab, k, axes=(1, 2))
-            shape = (b, data.shape[1], 1, 1)
-            gain = 1.0 + rng.uniform(-self.contrast, self.contrast, shape)
-            offset = rng.uniform(-self.brightness, self.brightness, shape)
-            ti.mul_(torch.from_numpy(gain).to(img_t)).add_(torch.from_numpy(offset).to(img_t))
+        slot, seq = getattr(indices, "slot", -1), getattr(indices, "seq", 0)
+        ring = self._ring if shared and slot >= 0 and self._ring is not None else None
+        if ring is not None and b <= ring[0].shape[1]:
+            ring[2][slot] = seq
+            ti, tt = ring[0][slot, :b], ring[1][slot, :b]
         else:
-            images[...] = data
-            targets[...] = labels
+            ring = None
+            ti, tt = (
+                _new_tensor(shp, dt, shared) for shp, dt in zip(((b, c, t, t), (b, t, t)), self._dtypes())
+            )
+        if self.compact:
+            img16, lab8 = ti, tt
+        else:  # float16/uint8 staging, reused; torch converts (numpy's float16 casts are ~8× slower)
+            if self._stage is None or len(self._stage[0]) < b:
+                self._stage = (np.empty((b, c, t, t), np.float16), np.empty((b, t, t), np.uint8))
+            img16, lab8 = (torch.from_numpy(s[:b]) for s in self._stage)
+        self._fill(idx, img16.numpy(), lab8.numpy(), epoch)
+        if epoch is not None:
+            gain, offset = self.augment_params(epoch)[2:]
+            img16.mul_(torch.from_numpy(gain[idx, :, None, None]).half())
+            img16.add_(torch.from_numpy(offset[idx, :, None, None]).half())
+        if not self.compact:
+            ti.copy_(img16)
+            tt.copy_(lab8)
+        if ring is not None:
+            return RingRef(slot, seq, b)
         return [(ti[i], tt[i]) for i in range(b)]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +246,8 @@ class H5TileDataset(Dataset):
 def to_device(
     images: torch.Tensor, targets: torch.Tensor, device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a batch to ``device`` as float32 images and int64 targets (works for compact batches)."""
+    """Move a batch to ``device`` as float32 images and int64 targets (compact batches are converted
+    there, after the 4× smaller transfer); non-blocking from pinned memory on CUDA."""
     nb = torch.device(device).type == "cuda"
     return (
         images.to(device, non_blocking=nb).float(),
@@ -364,10 +281,58 @@ def _batched(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(parts)
 
 
-def collate_tiles(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate (image, target) samples → ((B, C, T, T) float32, (B, T, T) int64) without copying
-    when the samples come from one ``__getitems__`` call (else an ordinary stack)."""
+def collate_tiles(
+    batch: list[tuple[torch.Tensor, torch.Tensor]] | RingRef,
+) -> tuple[torch.Tensor, torch.Tensor] | RingRef:
+    """Collate (image, target) samples → ((B, C, T, T), (B, T, T)) without copying when the samples
+    come from one ``__getitems__`` call (else an ordinary stack); a RingRef passes through."""
+    if isinstance(batch, RingRef):
+        return batch
     return _batched([b[0] for b in batch]), _batched([b[1] for b in batch])
+
+
+class _Slotted:
+    """Batch sampler wrapper: batch k of an iteration gets ring slot k % slots and a unique seq."""
+
+    def __init__(self, base: Any, slots: int, counter: Iterator[int]) -> None:
+        self.base, self.slots, self.counter = base, slots, counter
+
+    def __iter__(self) -> Iterator[EpochBatch]:
+        for k, b in enumerate(self.base):
+            yield EpochBatch(b, getattr(b, "epoch", None), k % self.slots, next(self.counter))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+class TileLoader(DataLoader):
+    """DataLoader for :class:`H5TileDataset` whose workers write batches into a fixed shared-memory
+    ring of ``prefetch_factor × num_workers + 1`` batches instead of new shared memory per batch
+    (page faults on fresh shared memory cost more than making the batch); this process copies
+    each batch out (pinned when ``pin_memory``) as it arrives, before it asks for the next, so a
+    slot is never refilled while in use (in order, at most prefetch × workers batches are in
+    flight). One TileLoader per dataset; without workers it is a plain DataLoader."""
+
+    def __init__(self, dataset: H5TileDataset, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self._seq = itertools.count()
+        self._slots = 0
+        batch_size = getattr(self.batch_sampler, "batch_size", None)
+        if self.num_workers > 0 and batch_size and getattr(self, "in_order", True):
+            if dataset._ring is not None:
+                raise ValueError("this H5TileDataset already feeds a TileLoader; make one dataset per loader")
+            self._slots = int(self.prefetch_factor or 2) * self.num_workers + 1
+            dataset.attach_ring(self._slots, int(batch_size))
+
+    @property
+    def _index_sampler(self) -> Any:
+        base = super()._index_sampler
+        return _Slotted(base, self._slots, self._seq) if self._slots else base
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
+        pin = bool(self.pin_memory) and torch.cuda.is_available()
+        for batch in super().__iter__():
+            yield self.dataset.take(batch, pin) if isinstance(batch, RingRef) else batch
 
 
 class ChunkShuffleSampler:
@@ -375,8 +340,9 @@ class ChunkShuffleSampler:
 
     Per epoch: the chunks (``chunk`` consecutive tiles) are permuted; every ``mix`` consecutive
     chunks of that order are pooled and their tiles shuffled; the stream is cut into batches
-    of ``batch_size``. Seeded by (seed, epoch). Each ``__iter__`` uses the current epoch and
-    then advances it; :meth:`set_epoch` resumes at an epoch (and optionally a batch within it).
+    of ``batch_size``, each an :class:`EpochBatch` (index list + epoch). Seeded by (seed, epoch).
+    Each ``__iter__`` uses the current epoch and then advances it; :meth:`set_epoch` resumes at
+    an epoch (and optionally a batch within it).
     """
 
     def __init__(
@@ -415,7 +381,7 @@ class ChunkShuffleSampler:
             parts.append(pool)
         return np.concatenate(parts)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[EpochBatch]:
         epoch, skip = self.epoch, self.start_batch
         self.epoch, self.start_batch = epoch + 1, 0
         order = self.order(epoch)
@@ -424,7 +390,7 @@ class ChunkShuffleSampler:
             if self.drop_last and len(batch) < self.batch_size:
                 return
             if bi >= skip:
-                yield batch.tolist()
+                yield EpochBatch(batch.tolist(), epoch)
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
@@ -466,10 +432,12 @@ def build_unet_loaders(cfg: Any) -> tuple[DataLoader, DataLoader | None]:
     """Train and val loaders from UNET.DATA: TRAIN_H5, VAL_H5, BATCH_SIZE, NUM_WORKERS, AUGMENT, MIX_CHUNKS.
 
     Train batches come from a :class:`ChunkShuffleSampler` (``train_loader.batch_sampler``; it
-    advances its epoch on every pass, ``set_epoch`` resumes). Validation reads in file order
-    without augmentation; ``val_loader`` is None when UNET.DATA.VAL_H5 is "". UNET.DATA.COMPACT
-    gives float16 / uint8 batches (convert with :func:`to_device`). Both files must
-    match the config (:func:`expected_from_cfg`), else ConfigError.
+    advances its epoch on every pass, ``set_epoch`` resumes); augmentation depends on (SEED,
+    epoch, tile) only, so a resumed run sees the same tiles as an uninterrupted one. Validation
+    reads in file order without augmentation; ``val_loader`` is None when UNET.DATA.VAL_H5 is "".
+    UNET.DATA.COMPACT (default) gives float16 / uint8 batches, converted on the device by
+    :func:`to_device`. Workers persist across epochs; batches are pinned only when CUDA is
+    available. Both files must match the config (:func:`expected_from_cfg`), else ConfigError.
     """
     d = cfg.UNET.DATA
     if not d.TRAIN_H5:
@@ -480,15 +448,16 @@ def build_unet_loaders(cfg: Any) -> tuple[DataLoader, DataLoader | None]:
     common: dict[str, Any] = {"num_workers": nw, "pin_memory": torch.cuda.is_available()}
     if nw > 0:
         common.update(persistent_workers=True, prefetch_factor=4)
-    train_ds = H5TileDataset(d.TRAIN_H5, augment=bool(d.AUGMENT), expected=expected, compact=bool(d.COMPACT))
+    kw = {"expected": expected, "compact": bool(d.COMPACT), "seed": seed}
+    train_ds = H5TileDataset(d.TRAIN_H5, augment=bool(d.AUGMENT), **kw)
     sampler = ChunkShuffleSampler(
         len(train_ds), train_ds.chunk, int(d.BATCH_SIZE), seed, mix=int(d.MIX_CHUNKS)
     )
     gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(train_ds, batch_sampler=sampler, generator=gen, collate_fn=collate_tiles, **common)
+    train = TileLoader(train_ds, batch_sampler=sampler, generator=gen, collate_fn=collate_tiles, **common)
     val = None
     if d.VAL_H5:
-        val_ds = H5TileDataset(d.VAL_H5, augment=False, expected=expected, compact=bool(d.COMPACT))
+        val_ds = H5TileDataset(d.VAL_H5, augment=False, **kw)
         batches = BatchSampler(SequentialSampler(val_ds), int(d.BATCH_SIZE), drop_last=False)
-        val = DataLoader(val_ds, batch_sampler=batches, collate_fn=collate_tiles, **common)
+        val = TileLoader(val_ds, batch_sampler=batches, collate_fn=collate_tiles, **common)
     return train, val

@@ -35,6 +35,7 @@ from pcna_seg.config import save_config
 from pcna_seg.engine.checkpoint import get_rng_state, read_checkpoint, set_rng_state
 from pcna_seg.errors import ConfigError, DataError, WeightsError
 from pcna_seg.unet import viz
+from pcna_seg.unet.dataset import to_device
 from pcna_seg.unet.losses import build_loss, resolve_class_weights
 from pcna_seg.unet.metrics import SegmentationMetrics
 from pcna_seg.unet.models import build_unet
@@ -83,7 +84,8 @@ def metric_keys(cfg: CfgNode) -> list[str]:
 class UNetTrainer:
     """Train a U-Net from a config; ``loaders`` (train, val) default to ``build_unet_loaders(cfg)``.
 
-    Each loader yields ``(images (B, C, T, T) float32, targets (B, T, T) int64)``.
+    Each loader yields ``(images (B, C, T, T), targets (B, T, T))``: float32 / int64, or compact
+    float16 / uint8 (``UNET.DATA.COMPACT``), converted on the device (:func:`to_device`).
     ``class_counts``: (K,) pixel counts for frequency weights when ``UNET.LOSS.CLASS_WEIGHTS``
     is empty (default: read from ``UNET.DATA.TRAIN_H5``).
     """
@@ -134,7 +136,8 @@ class UNetTrainer:
         items = [ds[int(i)] for i in cand]
         fg = [float((t > 0).float().mean()) for _, t in items]
         keep = sorted(np.argsort(fg)[::-1][:n])
-        return (torch.stack([items[i][0] for i in keep]), torch.stack([items[i][1] for i in keep]))
+        images, targets = torch.stack([items[i][0] for i in keep]), torch.stack([items[i][1] for i in keep])
+        return images.float(), targets.long()
 
     def _load_weights(self, path: str) -> None:
         state = read_checkpoint(path)
@@ -155,8 +158,7 @@ class UNetTrainer:
         total, n = 0.0, 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1} train", leave=False, disable=None)
         for b, (images, targets) in enumerate(bar):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+            images, targets = to_device(images, targets, self.device)
             with self._autocast():
                 loss = self.loss_fn(self.model(images), targets)
             if not torch.isfinite(loss):
@@ -185,8 +187,7 @@ class UNetTrainer:
         )
         total, n = 0.0, 0
         for images, targets in tqdm(self.val_loader, desc="validation", leave=False, disable=None):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+            images, targets = to_device(images, targets, self.device)
             with self._autocast():
                 logits = self.model(images)
             logits = logits.float()

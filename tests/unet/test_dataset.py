@@ -16,10 +16,16 @@ from pcna_seg.data.synthetic.write_livedead import write
 from pcna_seg.errors import ConfigError, DataError
 from pcna_seg.unet.dataset import (
     ChunkShuffleSampler,
+    DecodedChunks,
+    EpochBatch,
     H5TileDataset,
+    MappedChunks,
+    RingRef,
+    TileLoader,
     build_unet_loaders,
     class_weights_from_counts,
     collate_tiles,
+    dihedral_into,
     expected_from_cfg,
     to_device,
 )
@@ -69,8 +75,10 @@ def test_compressed_data_path_reads_the_same_rows(tiles, tmp_path):
     raw, packed = H5TileDataset(tiles["all"], augment=False), H5TileDataset(lz4, augment=False)
     idx = [111, 0, 15, 16, 17, 50, 50, 90]
     (d1, l1), (d2, l2) = raw.read_batch(idx), packed.read_batch(idx)
-    assert raw._direct["data"] is not None and packed._direct["data"] is None  # memmap vs HDF5 path
+    assert isinstance(raw._src["data"], MappedChunks) and isinstance(packed._src["data"], DecodedChunks)
+    assert isinstance(raw._src["labels"], DecodedChunks)  # lz4 labels: whole decoded chunks
     assert np.array_equal(d1, d2) and np.array_equal(l1, l2)
+    assert np.array_equal(d1, _rows(lz4, idx)[0]) and np.array_equal(l1, _rows(lz4, idx)[1])
     compact = H5TileDataset(lz4, augment=False, compact=True)
     x, y = compact[17]
     assert x.dtype == torch.float16 and y.dtype == torch.uint8
@@ -106,10 +114,42 @@ def test_augmentation_is_a_shared_dihedral_transform_plus_intensity_jitter(tiles
     assert len(seen) >= 3  # transforms vary across the batch
 
 
+def test_augmentation_depends_on_seed_epoch_and_index_only(tiles):
+    ds = H5TileDataset(tiles["all"], augment=True, seed=7)
+    a = ds.__getitems__(EpochBatch([5, 9, 40], 3))
+    b = ds.__getitems__(EpochBatch([40, 1, 5, 77, 9], 3))  # other batch, other neighbours
+    fresh = H5TileDataset(tiles["all"], augment=True, seed=7)  # another process's view
+    c = fresh.__getitems__(EpochBatch([9], 3))
+    for x, y in ((a[0], b[2]), (a[1], b[4]), (a[2], b[0]), (a[1], c[0])):
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+    ds.set_epoch(3)  # plain index lists use the dataset's epoch
+    assert torch.equal(ds[9][0], a[1][0])
+    other_epoch = ds.__getitems__(EpochBatch([5, 9, 40], 4))
+    other_seed = H5TileDataset(tiles["all"], augment=True, seed=8).__getitems__(EpochBatch([5, 9, 40], 3))
+    for other in (other_epoch, other_seed):
+        assert not all(torch.equal(p[0], q[0]) for p, q in zip(a, other))
+    compact = H5TileDataset(tiles["all"], augment=True, seed=7, compact=True)
+    xc, yc = compact.__getitems__(EpochBatch([5, 9, 40], 3))[1]
+    assert xc.dtype == torch.float16 and yc.dtype == torch.uint8  # float32 path = compact converted
+    assert torch.equal(xc.float(), a[1][0]) and torch.equal(yc.long(), a[1][1])
+
+
+def test_dihedral_into_matches_numpy_flip_and_rot90():
+    rng = np.random.default_rng(0)
+    for a in (rng.random((2, 6, 6)).astype(np.float16), rng.integers(0, 3, (6, 6)).astype(np.uint8)):
+        a.setflags(write=False)  # rows come from a read-only memory map
+        for flip in (False, True):
+            for k in range(4):
+                out = np.empty_like(a)
+                dihedral_into(a, out, flip, k)
+                assert np.array_equal(out, np.rot90(a[..., ::-1] if flip else a, k, axes=(-2, -1)))
+
+
 def test_chunk_shuffle_sampler_order_and_resume():
     s = ChunkShuffleSampler(1000, 64, 100, seed=5, mix=4)
     e0, e1 = list(s), list(s)  # each pass advances the epoch
     assert len(e0) == len(s) == 10
+    assert isinstance(e1[0], EpochBatch) and e0[0].epoch == 0 and e1[0].epoch == 1
     for epoch in (e0, e1):
         flat = np.concatenate(epoch)
         assert sorted(flat.tolist()) == list(range(1000))
@@ -134,41 +174,42 @@ def test_class_weights_from_counts(tiles):
 
 
 def test_loaders_from_config_and_seeded_workers(tiles):
-    cfg = load_config(
-        None,
-        [*OPTS, "UNET.DATA.TRAIN_H5", str(tiles["train"]), "UNET.DATA.VAL_H5", str(tiles["val"])]
-        + ["UNET.DATA.BATCH_SIZE", "8", "UNET.DATA.NUM_WORKERS", "0"],
-    )
-    train, val = build_unet_loaders(cfg)
-    x, y = next(iter(train))
-    assert (
-        x.shape == (8, 2, 64, 64)
-        and x.dtype == torch.float32
-        and y.shape == (8, 64, 64)
-        and y.dtype == torch.int64
-    )
-    assert isinstance(train.batch_sampler, ChunkShuffleSampler)
+    opts = [*OPTS, "UNET.DATA.TRAIN_H5", str(tiles["train"]), "UNET.DATA.VAL_H5", str(tiles["val"])]
+    train, val = build_unet_loaders(load_config(None, [*opts, "UNET.DATA.BATCH_SIZE", "8"]))
+    assert isinstance(train, TileLoader) and isinstance(train.batch_sampler, ChunkShuffleSampler)
+    x, y = next(iter(train))  # default: compact batches from 2 persistent workers
+    assert x.shape == (8, 2, 64, 64) and x.dtype == torch.float16
+    assert y.shape == (8, 64, 64) and y.dtype == torch.uint8
     n_val = sum(len(b[0]) for b in val)
     assert n_val == len(val.dataset)
-    ds = H5TileDataset(tiles["train"], augment=True)
 
-    def run(seed):
-        sampler = ChunkShuffleSampler(len(ds), ds.chunk, 8, seed=0)
-        gen = torch.Generator().manual_seed(seed)
-        loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, generator=gen, collate_fn=collate_tiles)
-        return [b[0] for b in loader]
+    def epochs(workers: int, seed: int = 0) -> list:
+        extra = ["UNET.DATA.BATCH_SIZE", "4", "UNET.DATA.NUM_WORKERS", str(workers), "SEED", str(seed)]
+        train, _ = build_unet_loaders(load_config(None, [*opts, *extra, "UNET.DATA.COMPACT", "False"]))
+        train.batch_sampler.set_epoch(1)
+        return list(train) + list(train)  # epochs 1 and 2, every batch kept
 
-    plain = H5TileDataset(tiles["train"], augment=False)
-    sampler = ChunkShuffleSampler(len(plain), plain.chunk, 8, seed=0)
-    loader = DataLoader(plain, batch_sampler=sampler, num_workers=2, collate_fn=collate_tiles)
+    a, b = epochs(0), epochs(2)
+    assert len(a) > 2 * 9 and a[0][0].dtype == torch.float32  # more batches than ring slots
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):  # same tiles and augmentation, any worker count
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not all(torch.equal(p[0], q[0]) for p, q in zip(a, epochs(0, seed=1)))
+    plain = H5TileDataset(tiles["train"], augment=False)  # ring path delivers the file's rows
+    sampler = ChunkShuffleSampler(len(plain), plain.chunk, 4, seed=0)
+    loader = TileLoader(plain, batch_sampler=sampler, num_workers=2, collate_fn=collate_tiles)
     batches = list(sampler)
     sampler.set_epoch(0)  # replay epoch 0 through the loader
-    for (xb, yb), idx in zip(loader, batches):  # worker path: batch built in shared memory
+    for (xb, yb), idx in zip(list(loader), batches, strict=True):
         data, labels = _rows(tiles["train"], idx)
         assert np.array_equal(xb.numpy(), data.astype(np.float32)) and np.array_equal(yb.numpy(), labels)
-    a, b, c = run(1), run(1), run(2)
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
-    assert not all(torch.equal(p, q) for p, q in zip(a, c))
+    with pytest.raises(ValueError, match="one dataset per loader"):
+        TileLoader(plain, batch_sampler=sampler, num_workers=1, collate_fn=collate_tiles)
+    with pytest.raises(RuntimeError, match="refilled"):  # a slot overwritten too early is detected
+        plain._ring[2][0] = 7
+        plain.take(RingRef(slot=0, seq=6, b=4))
+    plain_loader = DataLoader(plain, batch_sampler=batches, num_workers=1, collate_fn=collate_tiles)
+    xb, _ = next(iter(plain_loader))  # plain DataLoader: fresh shared memory per batch
+    assert np.array_equal(xb.numpy(), _rows(tiles["train"], batches[0])[0].astype(np.float32))
 
 
 def test_config_mismatch_names_file_attribute_and_values(tiles):
