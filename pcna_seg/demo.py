@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +103,14 @@ def predict_validation(out: Path) -> dict[str, Any]:
     writer = run_prediction(Predictor(cfg, weights), frames, out / "predictions", progress=False)
     print("\nPredicted phases on the held-out frames (tools/predict_net.py does the same on your movies):")
     print(writer.count_table())
+    val_records, meta = load_coco(out / "datasets" / PCNA_FORMAT / "val.json")
+    truth = Counter(meta["thing_classes"][a["category_id"]] for r in val_records for a in r["annotations"])
+    print("  ground truth: " + ", ".join(f"{name} {truth.get(name, 0)}" for name in meta["thing_classes"]))
     overlays = sorted((out / "predictions").glob("*_overlay.png"))
     if overlays:
         print(f"  picture: {overlays[0]}  (+{len(overlays) - 1} more)")
     print(f"  objects: {out / 'predictions' / 'objects.csv'}")
-    return {"counts": dict(writer.counts), "output": str(out / "predictions")}
+    return {"counts": dict(writer.counts), "truth": dict(truth), "output": str(out / "predictions")}
 
 
 def run_demo(out: Path, train: bool = True, seed: int = 0, opts: list[str] | None = None) -> dict[str, Any]:

@@ -83,28 +83,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Any:
-    """Initialise ``model`` from ``path`` (project checkpoint or plain state dict).
+    """Initialise ``model`` (DDP-unwrapped) from ``path``: a project checkpoint or a state dict.
 
-    Uses ``pcna_seg.modeling.weights.load_weights`` (head re-initialisation, report table)
-    when available, else loads every tensor whose name and shape match.
+    Delegates to :func:`pcna_seg.modeling.weights.load_weights` (class-specific heads are
+    re-initialised when the class count differs; the report table is logged there).
     """
-    model = unwrap(model)
-    try:
-        from pcna_seg.modeling.weights import load_weights
-    except ImportError:
-        load_weights = None
-    if load_weights is not None:
-        report = load_weights(model, str(path))
-        table = getattr(report, "table", None)
-        logger.info("Loaded weights from %s\n%s", path, table() if callable(table) else report)
-        return report
-    state = read_checkpoint(path)
-    state = state.get("model", state)
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    model.load_state_dict(usable, strict=False)
-    logger.info("Loaded %d/%d tensors from %s", len(usable), len(own), path)
-    return usable
+    from pcna_seg.modeling.weights import load_weights
+
+    return load_weights(unwrap(model), str(path))
 
 
 class Checkpointer:
