@@ -45,6 +45,7 @@ from pcna_seg.unet.schedulers import (
     current_lr,
     monitor_mode,
     scheduler_step,
+    simulate_schedules,
 )
 from pcna_seg.utils_io import atomic_path, write_json_atomic, write_text_atomic
 
@@ -320,6 +321,11 @@ class UNetTrainer:
             _, metrics = self.validate()
         if self.history:
             viz.plot_history(self.history, self.out, classes)
+            monitored = [float(r[self.monitor]) for r in self.history if self.monitor in r]
+            if len(monitored) > 1:  # what each scheduler would have done with this run's curve
+                viz.plot_lr_curves(
+                    simulate_schedules(self.cfg, monitored), monitored, self.out / "lr_schedules.png"
+                )
         last = self.history[-1] if self.history else {}
         aucs = {c: last.get(f"pr_auc/{c}", float("nan")) for c in classes}
         viz.plot_pr_curves(metrics.pr_curves(), self.out / "pr_curves.png", aucs)

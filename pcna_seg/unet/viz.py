@@ -177,16 +177,19 @@ def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str |
 
 
 def plot_lr_curves(
-    curves: dict[str, Sequence[float]], metric: Sequence[float], path: str | os.PathLike
+    curves: dict[str, Sequence[float]],
+    metric: Sequence[float],
+    path: str | os.PathLike,
+    metric_name: str = "val_loss",
 ) -> Path:
     """LR vs epoch for several schedulers (top) and the metric they were fed (bottom)."""
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     for name, lrs in curves.items():
         a1.plot(range(len(lrs)), lrs, ".-", label=name)
-    a1.set(ylabel="learning rate", yscale="log", title="LR schedules on the same validation-loss sequence")
+    a1.set(ylabel="learning rate", yscale="log", title=f"LR schedules fed the same {metric_name} sequence")
     a1.legend()
     a2.plot(range(len(metric)), metric, "k.-")
-    a2.set(xlabel="epoch", ylabel="val loss (synthetic)")
+    a2.set(xlabel="epoch", ylabel=metric_name)
     return _save(fig, path)
 
 
