@@ -61,6 +61,8 @@ class PcnaRoIHeads(RoIHeads):
         num_classes = class_logits.shape[-1]
         per_image = [p.shape[0] for p in proposals]
         pred_boxes = self.box_coder.decode(box_regression, proposals)  # (R, K + 1, 4)
+        if pred_boxes.dim() == 2:  # no proposal in the whole batch: torchvision skips the reshape
+            pred_boxes = pred_boxes.reshape(0, num_classes, 4)
         probs = F.softmax(class_logits, -1)
         out_boxes, out_scores, out_labels, out_probs = [], [], [], []
         for boxes, prob, shape in zip(

@@ -145,3 +145,18 @@ def test_engine_and_device():
     with pytest.raises(ConfigError, match="MODEL.ENGINE"):
         build_model(cfg)  # either not installed, or importable but not built by pcna_seg
     assert isinstance(detectron2_available(), bool)
+
+
+def test_postprocess_with_no_proposals_returns_empty_detections() -> None:
+    """An untrained or diverged RPN can leave no proposal at all; the head must still answer."""
+    from pcna_seg.config import load_config
+    from pcna_seg.modeling import build_model
+
+    cfg = load_config("configs/quick_schedules/quick_stage3_pcna.yaml", ["MODEL.DEVICE", "cpu"])
+    heads = build_model(cfg).roi_heads
+    k = cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1
+    boxes, scores, labels = heads.postprocess_detections(
+        torch.zeros(0, k), torch.zeros(0, 4 * k), [torch.zeros(0, 4)], [(64, 64)]
+    )
+    assert boxes[0].shape == (0, 4) and scores[0].shape == (0,) and labels[0].shape == (0,)
+    assert heads._last_class_probs[0].shape == (0, k)
