@@ -325,6 +325,8 @@ def run_train_net(config_file: str, opts: list[str], resume: bool = False, eval_
             f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS} (give a checkpoint or torchvision .pth path, "
             "or MODEL.WEIGHTS '' for random initialisation)"
         )
+    for name in [*cfg.DATASETS.TEST, *([] if eval_only else cfg.DATASETS.TRAIN)]:
+        get_metadata(name, cfg.DATASETS.ROOT or None)  # unknown dataset: fail before OUTPUT_DIR is made
     setup_output(cfg)
     try:
         if eval_only:

@@ -80,6 +80,7 @@ def test_corrupt_weights(capsys, data_root: Path, tmp_path: Path) -> None:
 def test_unregistered_dataset_lists_known(capsys, data_root: Path, tmp_path: Path) -> None:
     line = _fails(capsys, _argv(data_root, tmp_path, "DATASETS.TRAIN", "('nope_train',)"), "'nope_train'")
     assert "registered:" in line
+    assert not (tmp_path / "out").exists()  # nothing written for a run that cannot start
 
 
 def test_channel_not_in_records(capsys, data_root: Path, tmp_path: Path) -> None:
