@@ -71,12 +71,6 @@ def register_coco(name: str, json_file: str | os.PathLike, metadata: dict[str, A
     meta = {"json_file": str(json_file), "evaluator_type": "coco", "name": name}
     meta.update(metadata or {})
     register_dataset(name, _load, meta)
-    if "thing_classes" not in meta:
-        import json
-
-        with open(json_file, encoding="utf-8") as fh:
-            cats = sorted(json.load(fh).get("categories", []), key=lambda c: c["id"])
-        _METADATA[name]["thing_classes"] = [c["name"] for c in cats]
 
 
 def register_prepared_folder(prefix: str, folder: str | os.PathLike) -> list[str]:
@@ -133,8 +127,14 @@ def get_dataset(name: str, root: str | os.PathLike | None = None) -> list[Record
 
 
 def get_metadata(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Metadata of a dataset (``thing_classes``, ``json_file``, ...)."""
+    """Metadata of a dataset (``thing_classes``, ``json_file``, ...).
+
+    For a COCO-backed dataset the class names come from the one parse of its JSON that also
+    yields the records (cached), so asking for metadata and then records reads the file once.
+    """
     _ensure(name, root)
+    if "thing_classes" not in _METADATA[name] and "json_file" in _METADATA[name]:
+        _LOADERS[name]()
     return _METADATA[name]
 
 

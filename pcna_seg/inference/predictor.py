@@ -358,8 +358,7 @@ class Predictor:
         self.class_names = list(class_names) if class_names else resolve_class_names(cfg, weights)
         self.model = build_model(cfg)
         report = load_model_weights(self.model, weights)
-        bad = [*getattr(report, "reinitialised", []), *getattr(report, "adapted", [])]
-        bad += [n for n in getattr(report, "missing", []) if not n.endswith("num_batches_tracked")]
+        bad = [*report.reinitialised, *report.adapted, *report.missing]
         if bad:
             raise WeightsError(
                 f"Weights file {weights} does not fit the config ({len(bad)} parameters differ or are "
