@@ -27,3 +27,7 @@ class DatasetNotFoundError(PcnaSegError, KeyError):
 
 class WeightsError(PcnaSegError):
     """A weights/checkpoint file is missing, corrupt or incompatible."""
+
+
+class OutputExistsError(PcnaSegError):
+    """An output exists and the tool was not told to resume it or replace it."""

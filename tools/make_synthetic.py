@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcna_seg.cli_utils import setup_logging, user_errors_exit  # noqa: E402
+from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
 from pcna_seg.data.synthetic import WRITERS, get_writer  # noqa: E402
 from tools.prepare_dataset import parse_options  # noqa: E402
 
@@ -30,9 +30,7 @@ def summarize(gt) -> str:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=sorted(WRITERS) + ["all"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)

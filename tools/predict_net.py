@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcna_seg.cli_utils import setup_logging, user_errors_exit  # noqa: E402
+from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, metavar="PTH", help="trained checkpoint (model_final.pth)")
     p.add_argument(
         "--config-file", metavar="FILE", default=None, help="config (default: config.yaml next to --weights)"
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep the config's per-class NMS (default: class-agnostic, one detection per nucleus)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
 
 

@@ -19,18 +19,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcna_seg.cli_utils import setup_logging, user_errors_exit  # noqa: E402
+from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--config-file", required=True, metavar="FILE", help="the config the model was trained with"
     )
     p.add_argument("--weights", default="", help="checkpoint (default: UNET.WEIGHTS)")
     p.add_argument("--input", required=True, help="frames folder, TIFF glob, or glob with {channel}")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcna_seg.cli_utils import setup_logging, user_errors_exit  # noqa: E402
+from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
 from pcna_seg.data.converters import CONVERTERS, get_converter  # noqa: E402
 from pcna_seg.errors import ConfigError  # noqa: E402
 
@@ -53,9 +53,7 @@ def check_options(func, options: dict, fmt: str) -> None:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=sorted(CONVERTERS))
     parser.add_argument("src", type=Path, help="dataset in its original layout")
     parser.add_argument("out", type=Path, help="prepared folder to write")

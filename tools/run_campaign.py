@@ -17,17 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcna_seg.cli_utils import setup_logging, user_errors_exit  # noqa: E402
+from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
 
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="campaign YAML (CAMPAIGN.STAGES ...)")
     parser.add_argument("--dry-run", action="store_true", help="print each stage's command, train nothing")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage")
+    parser.add_argument("opts", nargs="*", help="KEY VALUE overrides for every stage")
     args = parser.parse_args(argv)
     setup_logging()
     from pcna_seg.campaign import run_campaign

@@ -17,18 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcna_seg.cli_utils import setup_logging, user_errors_exit  # noqa: E402
+from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default="", metavar="FILE", help="YAML config (UNET.* keys)")
     p.add_argument("--frames", required=True, type=Path, help="folder with images/ and labels/")
     p.add_argument("--out", required=True, type=Path, help="all-tiles HDF5 file to write (e.g. tiles/ld.h5)")
     p.add_argument("--workers", type=int, default=None, help="tiling processes (default UNET.TILING.WORKERS)")
     p.add_argument("--no-split", action="store_true", help="only pass 1 (no train/val files)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT from another job")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcna_seg.cli_utils import setup_logging, user_errors_exit  # noqa: E402
+from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--config-file", required=True, metavar="FILE", help="YAML config (with _BASE_ inheritance)"
     )
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0 .. num-machines-1)")
     p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
 
 
