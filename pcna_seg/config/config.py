@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,13 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as CN
 
-from pcna_seg.config.defaults import get_default_config
+from pcna_seg.config.defaults import VALUE_RANGES, get_default_config
 from pcna_seg.errors import ConfigError
 from pcna_seg.utils_io import write_text_atomic
 
 BASE_KEY = "_BASE_"
 _MAX_BASE_DEPTH = 16
+_INTERVAL_RE = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*$")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -186,12 +189,55 @@ def load_config(
     return cfg
 
 
+def _in_interval(value: float, interval: str) -> bool:
+    """True when ``value`` lies in ``interval`` ("[1, inf)", "(0, 1]", ...)."""
+    m = _INTERVAL_RE.match(interval)
+    if not m:
+        raise ValueError(f"bad interval {interval!r} in VALUE_RANGES")
+    left, lo, hi, right = m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
+    if math.isnan(value):
+        return False
+    low_ok = value >= lo if left == "[" else value > lo
+    high_ok = value <= hi if right == "]" else value < hi
+    return low_ok and high_ok
+
+
+def _lookup(cfg: CN, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def check_value_ranges(cfg: CN, ranges: dict[str, str] | None = None) -> None:
+    """Refuse values outside :data:`pcna_seg.config.defaults.VALUE_RANGES` (element-wise for sequences).
+
+    ConfigError names the key, the value and the allowed interval.
+    """
+    for key, interval in (VALUE_RANGES if ranges is None else ranges).items():
+        value = _lookup(cfg, key)
+        items = list(_flatten(value)) if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if not _in_interval(float(item), interval):
+                shown = f"{value!r} (element {item!r})" if items != [value] else repr(value)
+                raise ConfigError(f"Config key {key} must be in {interval}, got {shown}")
+
+
+def _flatten(value: Any) -> Any:
+    for v in value:
+        if isinstance(v, (list, tuple)):
+            yield from _flatten(v)
+        else:
+            yield v
+
+
 def validate_config(cfg: CN) -> None:
-    """Cross-key checks that single-key type checks cannot make."""
+    """Value ranges (:func:`check_value_ranges`) and cross-key checks that single keys cannot make."""
+    check_value_ranges(cfg)
     if cfg.MODEL.RESNETS.DEPTH not in (18, 34, 50, 101):
         raise ConfigError(f"MODEL.RESNETS.DEPTH must be 18, 34, 50 or 101, got {cfg.MODEL.RESNETS.DEPTH}")
-    if cfg.MODEL.ROI_HEADS.NUM_CLASSES < 1:
-        raise ConfigError("MODEL.ROI_HEADS.NUM_CLASSES must be >= 1")
     n_ch = len(cfg.INPUT.CHANNELS)
     for key in ("PIXEL_MEAN", "PIXEL_STD"):
         if len(cfg.MODEL[key]) != n_ch:
@@ -203,8 +249,15 @@ def validate_config(cfg: CN) -> None:
     if cfg.INPUT.CROP.TYPE not in ("relative", "relative_range", "absolute"):
         raise ConfigError("INPUT.CROP.TYPE must be 'relative', 'relative_range' or 'absolute'")
     steps = list(cfg.SOLVER.STEPS)
-    if steps != sorted(steps):
-        raise ConfigError(f"SOLVER.STEPS must be increasing, got {steps}")
+    late = cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and any(
+        s >= cfg.SOLVER.MAX_ITER for s in steps
+    )
+    if any(b <= a for a, b in zip(steps, steps[1:])) or late:
+        raise ConfigError(
+            f"SOLVER.STEPS must be strictly increasing and each < SOLVER.MAX_ITER ({cfg.SOLVER.MAX_ITER}), "
+            f"got {tuple(steps)}; a step at or after the last iteration never lowers the LR "
+            "(set SOLVER.STEPS together with SOLVER.MAX_ITER)"
+        )
 
 
 def save_config(cfg: CN, path: str | os.PathLike) -> Path:

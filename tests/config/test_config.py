@@ -39,7 +39,10 @@ def test_seed_blocks_verbatim(tmp_path):
 
 def test_base_inheritance_and_overrides(tmp_path):
     (tmp_path / "sub").mkdir()
-    write(tmp_path / "base.yaml", "SOLVER:\n  BASE_LR: 0.5\n  MAX_ITER: 10\nOUTPUT_DIR: base_out\n")
+    write(
+        tmp_path / "base.yaml",
+        "SOLVER:\n  BASE_LR: 0.5\n  MAX_ITER: 10\n  STEPS: (5,)\nOUTPUT_DIR: base_out\n",
+    )
     child = write(tmp_path / "sub" / "child.yaml", "_BASE_: ../base.yaml\nSOLVER:\n  MAX_ITER: 20\n")
     cfg = load_config(child, ["SOLVER.MAX_ITER", "30", "INPUT.CHANNELS", "['pcna','dic','otsu_mask']"])
     assert cfg.SOLVER.BASE_LR == 0.5  # from base
@@ -87,3 +90,56 @@ def test_dump_roundtrip(tmp_path):
     path = save_config(cfg, tmp_path / "out" / "config.yaml")
     again = load_config(path)
     assert config_to_dict(again) == config_to_dict(cfg)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "interval"),
+    [
+        ("SOLVER.MAX_ITER", "-5", "[1, inf)"),
+        ("SOLVER.IMS_PER_BATCH", "0", "[1, inf)"),
+        ("SOLVER.BASE_LR", "0.0", "(0, inf)"),
+        ("SOLVER.CHECKPOINT_PERIOD", "0", "[1, inf)"),
+        ("SOLVER.WARMUP_ITERS", "-1", "[0, inf)"),
+        ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.5", "[0, 1]"),
+        ("MODEL.ROI_HEADS.NMS_THRESH_TEST", "-0.1", "[0, 1]"),
+        ("TEST.DETECTIONS_PER_IMAGE", "0", "[1, inf)"),
+        ("DATALOADER.NUM_WORKERS", "-2", "[0, inf)"),
+        ("UNET.SOLVER.EPOCHS", "0", "[1, inf)"),
+        ("UNET.TILING.VAL_FRACTION", "1.0", "[0, 1)"),
+        ("TEST.MAX_DETS", "[1, 0, 100]", "[1, inf)"),  # element-wise for sequences
+        ("MODEL.ROI_HEADS.NUM_CLASSES", "0", "[1, inf)"),
+    ],
+)
+def test_values_that_can_only_be_mistakes_are_refused(key, value, interval):
+    """One table (defaults.VALUE_RANGES), one check: the message names key, value and interval."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [key, value])
+    msg = str(info.value)
+    assert key in msg and interval in msg and value.strip("[]").split(",")[0].strip() in msg, msg
+
+
+@pytest.mark.parametrize("steps", ["(5, 3)", "(5, 5)", "(10,)", "(3, 12)"])
+def test_steps_ascending_and_below_max_iter(steps):
+    with pytest.raises(ConfigError, match=r"SOLVER\.STEPS .*< SOLVER\.MAX_ITER \(10\)"):
+        load_config(None, ["SOLVER.MAX_ITER", "10", "SOLVER.STEPS", steps])
+    assert load_config(None, ["SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(3, 9)"]).SOLVER.STEPS == (3, 9)
+
+
+def test_every_shipped_config_loads():
+    """Every YAML under configs/ (stage, quick, U-Net and campaign files) passes the value checks."""
+    from pcna_seg.campaign.staged import plan_campaign
+    from pcna_seg.config.defaults import VALUE_RANGES
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.rglob("*.yaml"))
+    assert len(files) >= 15
+    for f in files:
+        cfg = load_config(f)
+        if f.parent.name == "campaigns":
+            assert len(plan_campaign(f)[1]) >= 1  # each stage with its STAGE_OPTS loads too
+    defaults = load_config()
+    for key in VALUE_RANGES:  # the table names existing keys only
+        node = defaults
+        for part in key.split("."):
+            node = node[part]
+    assert cfg is not None
