@@ -7,10 +7,16 @@ with bilinear interpolation and thresholded at 0.5, then RLE-encoded. Metrics ar
 ``COCOeval.eval["precision"]`` at the *largest* ``TEST.MAX_DETS`` (COCOeval.summarize assumes
 maxDets = 100, which undercounts dense nuclei).
 
+Cell-level metrics (:mod:`pcna_seg.evaluation.cell_metrics`) come with AP: the detections
+scoring at least ``confusion_score`` are painted into one label image per frame (a pixel claimed
+twice goes to the higher score, as in prediction) and matched one-to-one to the ground truth:
+``cells`` (F1 / PQ at IoU 0.5, DSB score, SEG, count MAE) and, for several classes, ``phases``
+(balanced accuracy of the phase called on matched nuclei).
+
 Outputs (main process) in ``output_dir``: ``results.json`` (all numbers, including the phase
-confusion matrix for multi-class data), ``coco_instances_results.json`` (COCO results format
-with an extra ``class_probs`` list per detection: the full softmax, background first) and
-``phase_confusion.png``.
+confusion matrix for multi-class data and the full cell metrics),
+``coco_instances_results.json`` (COCO results format with an extra ``class_probs`` list per
+detection: the full softmax, background first) and ``phase_confusion.png``.
 """
 
 from __future__ import annotations
@@ -235,6 +241,55 @@ def phase_confusion(
     }
 
 
+def label_images(
+    coco_gt: COCO, dts: list[dict[str, Any]], img_id: Any, score_thresh: float
+) -> tuple[np.ndarray, np.ndarray, dict[int, int], dict[int, int]]:
+    """(gt labels, predicted labels, {gt label: class index}, {pred label: class index}) of one image.
+
+    ``dts``: that image's COCO results. Labels are 1-based positions in the image's annotation /
+    kept-detection lists; detections are painted by increasing score, so an overlap goes to the
+    higher-scoring one.
+    """
+    info = coco_gt.imgs[img_id]
+    h, w = int(info["height"]), int(info["width"])
+    index = {c: i for i, c in enumerate(sorted(coco_gt.getCatIds()))}
+    gt = np.zeros((h, w), dtype=np.int32)
+    gt_cls: dict[int, int] = {}
+    for k, ann in enumerate(a for a in coco_gt.imgToAnns.get(img_id, []) if not a.get("iscrowd", 0)):
+        gt[mask_utils.decode(coco_gt.annToRLE(ann)).astype(bool)] = k + 1
+        gt_cls[k + 1] = index[ann["category_id"]]
+    pred = np.zeros((h, w), dtype=np.int32)
+    pred_cls: dict[int, int] = {}
+    kept = [r for r in dts if "segmentation" in r and r["score"] >= score_thresh]
+    for k, r in enumerate(sorted(kept, key=lambda r: r["score"])):
+        pred[mask_utils.decode(r["segmentation"]).astype(bool)] = k + 1
+        pred_cls[k + 1] = index[r["category_id"]]
+    return gt, pred, gt_cls, pred_cls
+
+
+def cell_level(
+    coco_gt: COCO,
+    results: list[dict[str, Any]],
+    img_ids: Sequence[Any],
+    class_names: Sequence[str],
+    score_thresh: float,
+) -> dict[str, Any]:
+    """Cell-level metrics of the detections on ``img_ids``: ``{"cells": ..., "phases": ...}``."""
+    from pcna_seg.evaluation.cell_metrics import CellEvaluator
+
+    ev = CellEvaluator(class_names=class_names if len(class_names) > 1 else ())
+    by_img: dict[Any, list[dict[str, Any]]] = {}
+    for r in results:
+        by_img.setdefault(r["image_id"], []).append(r)
+    for img in img_ids:
+        gt, pred, gt_cls, pred_cls = label_images(coco_gt, by_img.get(img, []), img, score_thresh)
+        ev.process(gt, pred, str(coco_gt.imgs[img].get("file_name", img)), gt_cls, pred_cls)
+    return ev.evaluate()
+
+
+CELL_HEADLINE = ("f1@0.5", "pq@0.5", "dsb_score", "seg", "count_mae")
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -330,6 +385,12 @@ class COCOEvaluator:
             extra["phase_confusion"] = phase_confusion(
                 coco, results, img_ids, class_names, self.confusion_iou, self.confusion_score
             )
+        if "segm" in self.tasks:
+            full = cell_level(coco, results, img_ids, class_names, self.confusion_score)
+            extra.update(full)
+            out["cells"] = {k: full["cells"][k] for k in CELL_HEADLINE}
+            if "phases" in full:
+                out["phases"] = {k: full["phases"][k] for k in ("accuracy", "balanced_accuracy")}
         logger.info("Evaluation of %s (%d images):\n%s", self.dataset_name, len(img_ids), format_table(out))
         if self.output_dir is not None:
             self._write(out, extra, results)
@@ -339,7 +400,7 @@ class COCOEvaluator:
         assert self.output_dir is not None
         payload = {"dataset": self.dataset_name, "json_file": self.json_file, "max_dets": self.max_dets}
         payload.update(metrics)
-        payload.update(extra)
+        payload.update(extra)  # full cell / phase metrics replace the headline copies
         write_json_atomic(self.output_dir / "results.json", _json_safe(payload), indent=2)
         write_json_atomic(self.output_dir / "coco_instances_results.json", results)
         if "phase_confusion" in extra:

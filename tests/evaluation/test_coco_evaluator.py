@@ -136,3 +136,18 @@ def test_swapped_phase_shows_in_confusion(tmp_path: Path) -> None:
     mat = np.array(res["phase_confusion"]["matrix"])
     assert mat[cats[0], wrong[0]] == 1 and mat[:3, :3].sum() == len(masks)
     assert res["phase_confusion"]["accuracy"] == pytest.approx((len(masks) - 1) / len(masks))
+
+
+def test_cell_level_metrics_come_with_ap(tmp_path: Path) -> None:
+    truth = _dataset(tmp_path, "ev_cells")
+    out = tmp_path / "eval"
+    perfect = _run(COCOEvaluator("ev_cells", out), truth)
+    assert perfect["cells"]["f1@0.5"] == 1.0 and perfect["cells"]["dsb_score"] == pytest.approx(1.0)
+    assert perfect["phases"]["balanced_accuracy"] == 1.0
+    saved = json.loads((out / "results.json").read_text())
+    n = sum(len(m) for m, _ in truth)
+    assert saved["cells"]["n_gt"] == n and saved["phases"]["n_matched"] == n
+    masks, cats = truth[0]
+    missing = _run(COCOEvaluator("ev_cells"), [(masks[1:], cats[1:]), truth[1]])  # one nucleus missed
+    assert missing["cells"]["count_mae"] == pytest.approx(0.5)
+    assert missing["cells"]["f1@0.5"] == pytest.approx(2 * (n - 1) / (2 * (n - 1) + 1))
