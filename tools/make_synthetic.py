@@ -5,7 +5,8 @@
     python tools/make_synthetic.py all /tmp/synth            # every format, one folder each
     python tools/make_synthetic.py pcna_masks OUT --seed 3 --option n_movies=4
 
-The printed summary lists images and instances per class of the ground truth written.
+The printed summary lists images and instances per class of the ground truth written. A
+non-empty OUT is refused unless ``--overwrite`` (then it is replaced as a whole).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
-from pcna_seg.data.synthetic import WRITERS, get_writer  # noqa: E402
-from tools.prepare_dataset import parse_options  # noqa: E402
+from pcna_seg.data.converters.options import parse_options  # noqa: E402
+from pcna_seg.data.synthetic import WRITERS, get_writer, write_synthetic  # noqa: E402
+from pcna_seg.utils_io import check_output_folder  # noqa: E402
 
 
 def summarize(gt) -> str:
@@ -32,17 +34,23 @@ def summarize(gt) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=sorted(WRITERS) + ["all"])
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, help="folder to write (new or empty; see --overwrite)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT as a whole")
     args = parser.parse_args(argv)
     setup_logging()
-    options = parse_options(args.option)
     formats = sorted(WRITERS) if args.format == "all" else [args.format]
-    for fmt in formats:
-        out = args.out / fmt if args.format == "all" else args.out
-        gt = get_writer(fmt)(out, seed=args.seed, **options)
-        print(f"{summarize(gt)} -> {out}")
+    options: dict = {}
+    for fmt in formats:  # with "all", an option must suit every writer
+        options |= parse_options(args.option, get_writer(fmt), f"synthetic format {fmt}", {"seed": "--seed"})
+    check_output_folder(args.out, overwrite=args.overwrite)
+    nested = args.format == "all"
+    written = write_synthetic(
+        formats, args.out, overwrite=args.overwrite, nested=nested, seed=args.seed, **options
+    )
+    for fmt, gt in written.items():
+        print(f"{summarize(gt)} -> {args.out / fmt if nested else args.out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The data tools as a user runs them: exit codes, one-line errors, files written."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +66,98 @@ def test_bad_input_is_one_line_exit_1(tmp_path, args, message):
     assert message in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "out" / "annotations.json").exists()
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fails(capsys, tool: str, argv: list[str], match: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        _tool(tool).main(argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert match in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture()
+def raw(tmp_path: Path) -> Path:
+    _tool("make_synthetic").main(
+        [
+            "dsb2018",
+            str(tmp_path / "raw"),
+            *[f"--option={o}" for o in ("n_images=3", "height=48", "width=48")],
+        ]
+    )
+    return tmp_path / "raw"
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_prepare_refuses_non_empty_output_and_overwrite_replaces_it(tmp_path, raw, capsys) -> None:
+    out = tmp_path / "ds"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "stale.png").write_bytes(b"old dataset")
+    line = _fails(capsys, "prepare_dataset", ["dsb2018", str(raw), str(out), "--quiet"], str(out))
+    assert "--overwrite" in line and (out / "images" / "stale.png").exists()
+    _tool("prepare_dataset").main(["dsb2018", str(raw), str(out), "--quiet", "--overwrite"])
+    assert not (out / "images" / "stale.png").exists() and len(list((out / "images").iterdir())) == 3
+    before = _tree(out)
+    bad = sorted(raw.glob("stage1_train/*/images/*.png"))[0]
+    bad.write_bytes(b"\x89PNG corrupt")
+    _fails(capsys, "prepare_dataset", ["dsb2018", str(raw), str(out), "--quiet", "--overwrite"], bad.name)
+    assert _tree(out) == before  # the failed job left the old dataset intact
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--val-fraction", "1.5"], "--val-fraction must be in [0, 1), got 1.5"),
+        (["--option", "workers=two"], "--option workers expects an integer, got 'two'"),
+        (["--option", "seed=1"], "set by --seed"),
+    ],
+)
+def test_prepare_bad_values_before_any_work(tmp_path, raw, capsys, extra, match) -> None:
+    _fails(capsys, "prepare_dataset", ["dsb2018", str(raw), str(tmp_path / "out"), *extra], match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_output_paths(tmp_path, raw, capsys) -> None:
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    for flags in ([], ["--overwrite"]):
+        line = _fails(capsys, "prepare_dataset", ["dsb2018", str(raw), str(afile), *flags], str(afile))
+        assert "not a folder" in line
+    _fails(capsys, "prepare_dataset", ["dsb2018", str(raw), str(raw)], "is the source folder")
+    _fails(capsys, "prepare_dataset", ["dsb2018", str(raw), str(raw / "out")], "lies inside the source")
+    _fails(capsys, "prepare_dataset", ["dsb2018", str(raw), str(afile / "out")], str(afile))
+
+
+def test_make_synthetic_refuses_non_empty_output(tmp_path, raw, capsys) -> None:
+    before = _tree(raw)
+    _fails(capsys, "make_synthetic", ["dsb2018", str(raw), "--seed", "5"], "--overwrite")
+    assert _tree(raw) == before
+    _fails(capsys, "make_synthetic", ["dsb2018", str(tmp_path / "x"), "--option", "n_images=two"], "'two'")
+    (raw / "stale.txt").write_text("old")
+    _tool("make_synthetic").main(["dsb2018", str(raw), "--overwrite", "--option", "n_images=2"])
+    assert not (raw / "stale.txt").exists() and len(list(raw.glob("stage1_train/*"))) == 2
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
+def test_prepare_into_read_only_folder_is_one_line(tmp_path, raw, capsys) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        _fails(capsys, "prepare_dataset", ["dsb2018", str(raw), str(locked / "ds"), "--quiet"], str(locked))
+    finally:
+        locked.chmod(0o700)

@@ -3,8 +3,10 @@ pools with progress, card bookkeeping and the final write of the prepared folder
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -14,11 +16,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from pcna_seg.data.coco_io import CardBuilder, Record, read_json, write_prepared_dataset
+from pcna_seg.data.coco_io import CardBuilder, Record, read_json, tool_output_folder, write_prepared_dataset
 from pcna_seg.data.image_io import check_pixels, read_image, to_gray
 from pcna_seg.data.rle_csv import crop_to_rle, rle_to_crop
 from pcna_seg.data.structures import labels_to_masks, make_annotation, resolve_crop_overlaps, rle_areas
-from pcna_seg.errors import DataError
+from pcna_seg.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 #: classes of the single-class nucleus datasets (DSB2018, DeepCell, CTC, BBBC039)
@@ -257,3 +259,61 @@ def finish(
     """Write the prepared folder (``coco_io.write_prepared_dataset``); return the card as written."""
     paths = write_prepared_dataset(out, records, class_names, card, val_fraction, seed, split)
     return read_json(paths["card"])
+
+
+# ---------------------------------------------------------------------------- the output folder
+def dataset_name(out: str | os.PathLike) -> str:
+    """The prepared folder's name, also while it is built in its hidden ``--overwrite`` staging
+    folder (``.NAME.staging`` → ``NAME``)."""
+    name = Path(out).name
+    m = re.fullmatch(r"\.(.+)\.staging", name)
+    return m.group(1) if m else name
+
+
+def check_val_fraction(val_fraction: Any) -> float:
+    """``val_fraction`` as a float in [0, 1); ConfigError otherwise (checked before any work)."""
+    try:
+        value = float(val_fraction)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    return value
+
+
+def check_source_output(src: str | os.PathLike, out: str | os.PathLike, what: str = "source") -> None:
+    """ConfigError when the output folder is the source, lies inside it, or holds it."""
+    s, o = Path(src).resolve(), Path(out).resolve()
+    if s == o:
+        raise ConfigError(f"Output folder {out} is the {what} folder; write the prepared dataset elsewhere")
+    if s in o.parents:
+        raise ConfigError(f"Output folder {out} lies inside the {what} {src}; choose a folder outside it")
+    if o in s.parents:
+        raise ConfigError(
+            f"The {what} {src} lies inside the output folder {out}, which --overwrite would replace; "
+            "choose another output folder"
+        )
+
+
+def prepared_folder(convert: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Decorator giving a converter ``convert(src, out, **options)`` the output-folder rule.
+
+    The wrapped converter takes ``overwrite=False`` too. Before any work: ``val_fraction``
+    must be in [0, 1), the output must not be the source (nor inside it, nor hold it; also
+    ``image_root``), and a non-empty output is refused unless ``overwrite``. The converter
+    then writes into the folder :func:`~pcna_seg.data.coco_io.tool_output_folder` yields: the
+    output itself when new (removed again if the conversion fails), else a staging folder
+    swapped in for the old dataset only when the conversion succeeded.
+    """
+
+    @functools.wraps(convert)
+    def wrapper(src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False, **options: Any):
+        if "val_fraction" in options:
+            options["val_fraction"] = check_val_fraction(options["val_fraction"])
+        check_source_output(src, out)
+        if options.get("image_root"):
+            check_source_output(options["image_root"], out, "image_root")
+        with tool_output_folder(out, overwrite=overwrite) as target:
+            return convert(src, target, **options)
+
+    return wrapper

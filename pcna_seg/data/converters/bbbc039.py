@@ -33,9 +33,11 @@ from pcna_seg.data.coco_io import CardBuilder, write_coco
 from pcna_seg.data.converters.base import (
     CLASS_NAMES,
     collect,
+    dataset_name,
     finish,
     image_summary,
     parallel_map,
+    prepared_folder,
     read_gray,
     record_from_labels,
 )
@@ -114,6 +116,7 @@ def _read_split(meta: Path, names: set[str]) -> dict[str, list[str]] | None:
     return lists or None
 
 
+@prepared_folder
 def convert(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -138,7 +141,7 @@ def convert(
     images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
     if not images:
         raise DataError(f"No .tif images found in {img_dir}")
-    card = CardBuilder(out.name, CLASS_NAMES, "bbbc039")
+    card = CardBuilder(dataset_name(out), CLASS_NAMES, "bbbc039")
     tasks = [
         {
             "id": p.stem,

@@ -36,6 +36,7 @@ from pcna_seg.data.converters.base import (
     finish,
     label_annotations,
     parallel_map,
+    prepared_folder,
 )
 from pcna_seg.data.image_io import read_image, write_image
 from pcna_seg.data.structures import labels_to_masks, make_annotation
@@ -168,6 +169,7 @@ def _jobs(ds: Path, use_silver_truth: bool) -> tuple[list[dict[str, Any]], dict[
     return jobs, tracks
 
 
+@prepared_folder
 def convert(
     src: str | Path,
     out: str | Path,

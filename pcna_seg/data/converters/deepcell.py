@@ -42,6 +42,7 @@ from pcna_seg.data.converters.base import (
     check_labels,
     finish,
     parallel_map,
+    prepared_folder,
     record_from_labels,
 )
 from pcna_seg.data.image_io import write_image
@@ -128,6 +129,7 @@ def _movie_ids(
     return seqs, frames
 
 
+@prepared_folder
 def convert_npz(
     src: str | Path,
     out: str | Path,
@@ -265,6 +267,7 @@ def read_trks(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[dict[int, 
     return raw, tracked, lineages
 
 
+@prepared_folder
 def convert_trks(
     src: str | Path,
     out: str | Path,

@@ -41,10 +41,12 @@ from pcna_seg.data.coco_io import CardBuilder
 from pcna_seg.data.converters.base import (
     CLASS_NAMES,
     collect,
+    dataset_name,
     finish,
     finish_rles,
     image_summary,
     parallel_map,
+    prepared_folder,
     read_gray,
 )
 from pcna_seg.data.image_io import write_image
@@ -142,6 +144,7 @@ def _load_csv(root: Path, csv_path: str | os.PathLike | None, ids: set[str], usa
     return table
 
 
+@prepared_folder
 def convert(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -168,7 +171,7 @@ def convert(
     if not samples:
         raise DataError(f"No DSB2018 samples (<id>/images/<id>.png) found in {root}")
     out = Path(out)
-    card = CardBuilder(out.name, CLASS_NAMES, "dsb2018")
+    card = CardBuilder(dataset_name(out), CLASS_NAMES, "dsb2018")
     tasks = []
     table = None
     if annotations == "csv":

@@ -35,10 +35,12 @@ from pycocotools import mask as mask_utils
 from pcna_seg.data.coco_io import CardBuilder, read_json, write_coco
 from pcna_seg.data.converters.base import (
     collect,
+    dataset_name,
     finish,
     finish_rles,
     image_summary,
     parallel_map,
+    prepared_folder,
     read_gray,
 )
 from pcna_seg.data.image_io import write_image
@@ -178,6 +180,7 @@ def _default_image_root(json_path: Path) -> Path:
     return json_path.parent
 
 
+@prepared_folder
 def convert(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -199,6 +202,7 @@ def convert(
     tasks: list[dict[str, Any]] = []
     given: dict[str, list[str]] = {}
     index_cache: dict[Path, dict[str, Path]] = {}
+    notes: list[str] = []
     for key, jpath in files.items():
         data = _load_json(jpath)
         cats = sorted(data.get("categories", []), key=lambda c: c["id"])
@@ -219,6 +223,17 @@ def convert(
                 )
             by_image.setdefault(ann["image_id"], []).append(
                 (ann.get("id"), cat_index[ann["category_id"]], ann.get("segmentation"))
+            )
+        known_ids = {img["id"] for img in data["images"]}
+        orphans = [i for i in by_image if i not in known_ids]
+        if orphans:
+            n = sum(len(by_image[i]) for i in orphans)
+            logger.warning(
+                "%s: %d annotation(s) point at %d image_id(s) not in its images (first: %r); dropped",
+                jpath, n, len(orphans), orphans[0],
+            )  # fmt: skip
+            notes.append(
+                f"{n} annotation(s) in {jpath.name} name an image_id not in its images and were dropped"
             )
         root = Path(image_root) if image_root else _default_image_root(jpath)
         if root not in index_cache:
@@ -249,9 +264,11 @@ def convert(
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"Image {dup} is listed twice in {', '.join(str(p) for p in files.values())}")
     assert class_names is not None
-    card = LivecellCard(out.name, class_names, "livecell")
+    card = LivecellCard(dataset_name(out), class_names, "livecell")
     results = parallel_map(_convert_one, tasks, workers, progress, desc="livecell")
     records = collect(results, card)
+    for note in notes:
+        card.note(note)
     unparsed = sum(not _NAME.match(r["image_id"]) for r in records)
     if unparsed:
         card.note(f"{unparsed} file names did not match <cell>_Phase_<well>_<loc>_<time>_<crop>")

@@ -41,7 +41,7 @@ import numpy as np
 import tifffile
 
 from pcna_seg.data.coco_io import CardBuilder
-from pcna_seg.data.converters.base import Record, finish, parallel_map
+from pcna_seg.data.converters.base import Record, dataset_name, finish, parallel_map, prepared_folder
 from pcna_seg.data.image_io import TIFF_SUFFIXES, check_pixels, read_image, write_image
 from pcna_seg.data.phases import DEFAULT_PHASES, PhaseSet
 from pcna_seg.data.structures import labels_to_masks, make_annotation
@@ -273,7 +273,7 @@ class ConversionJob:
         self.default_phase = check_default_phase(self.phases, default_phase)
         self.layout = discover(self.src, exclude=self.out, **discover_options)
         self.images = self.out / "images"
-        self.card = CardBuilder(name or self.out.name, list(self.phases.names), fmt)
+        self.card = CardBuilder(name or dataset_name(self.out), list(self.phases.names), fmt)
         self.lock = threading.Lock()
 
     def base_record(self, fs: FrameSource) -> tuple[Record, np.ndarray]:
@@ -386,6 +386,7 @@ def read_phase_csv(
     return table
 
 
+@prepared_folder
 def convert_masks(
     src: str | Path,
     out: str | Path,

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from pcna_seg.data.coco_io import read_json
-from pcna_seg.data.converters.base import Record
+from pcna_seg.data.converters.base import Record, prepared_folder
 from pcna_seg.data.converters.pcna import (
     DEFAULT_FRAME_REGEX,
     ConversionJob,
@@ -251,6 +251,7 @@ def frame_for_name(
     raise DataError(f"{source}: image {name!r} matches no PCNA frame under src ({hint}; see frame_regex)")
 
 
+@prepared_folder
 def convert_via(
     src: str | Path,
     out: str | Path,

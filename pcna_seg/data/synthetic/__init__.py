@@ -2,13 +2,16 @@
 
 Each writer is ``write(out: Path, *, seed: int = 0, **size_options) -> GroundTruth`` and lays
 files out exactly as the real dataset is laid out; the returned ground truth equals, pixel
-for pixel, what the matching converter reads back.
+for pixel, what the matching converter reads back. :func:`write_synthetic` applies the
+output-folder rule (a non-empty folder only with ``overwrite``, replaced as a whole).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # format name (same names as pcna_seg.data.converters.CONVERTERS) → "module:function"
@@ -30,3 +33,30 @@ def get_writer(fmt: str) -> Callable[..., Any]:
         raise ValueError(f"Unknown synthetic format {fmt!r}; known: {', '.join(sorted(WRITERS))}")
     module, func = WRITERS[fmt].split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def write_synthetic(
+    formats: list[str],
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    nested: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Write each format's synthetic data; returns format → GroundTruth.
+
+    With ``nested`` each format goes to ``out/<format>``, else (one format) to ``out``. ``out``
+    follows the output-folder rule: missing or empty, or replaced as a whole with
+    ``overwrite`` (built aside, swapped in when every format is written; a failure leaves the
+    old folder as it was). ``options`` go to every writer.
+    """
+    from pcna_seg.data.coco_io import tool_output_folder
+
+    if not nested and len(formats) != 1:
+        raise ValueError("write_synthetic: several formats need nested=True (one folder each)")
+    writers = {fmt: get_writer(fmt) for fmt in formats}
+    results = {}
+    with tool_output_folder(out, overwrite=overwrite) as target:
+        for fmt, write in writers.items():
+            results[fmt] = write(Path(target) / fmt if nested else Path(target), **options)
+    return results
