@@ -11,6 +11,7 @@ file per frame; every frame is predicted), a folder / glob / file of single-chan
 (channel "gray"), or a prepared dataset (COCO JSON path or dataset name).
 Writes <frame>_labels.tif (uint16 instance labels), <frame>_overlay.png (outlines coloured by
 phase) and objects.csv (one row per object) into --output, then prints objects per phase.
+A non-empty --output is refused unless --overwrite (then it is replaced as a whole).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the config's per-class NMS (default: class-agnostic, one detection per nucleus)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --output as a whole (new predictions built aside, swapped in at the end)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
@@ -56,15 +62,32 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     from pcna_seg.errors import ConfigError
     from pcna_seg.inference import Predictor, find_inputs, load_predict_config, run_prediction
+    from pcna_seg.utils_io import check_output_folder
 
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.overlap >= args.tile):
         raise ConfigError(f"Need --tile >= 0 and 0 <= --overlap < --tile, got {args.tile} and {args.overlap}")
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise ConfigError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    inp, out = Path(args.input).resolve(), Path(args.output).resolve()
+    if Path(args.input).exists() and (inp == out or out in inp.parents):
+        raise ConfigError(
+            f"--output {args.output} holds the input {args.input}; choose another output folder"
+        )
+    check_output_folder(args.output, overwrite=args.overwrite)  # refuse before loading anything
     nms = [] if args.per_class_nms else ["MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC", "True"]
     opts = [*nms, *args.opts, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.score_thresh)]
     cfg = load_predict_config(args.weights, args.config_file, opts)
     frames = find_inputs(args.input, cfg.DATASETS.ROOT or None)
     predictor = Predictor(cfg, args.weights)
-    writer = run_prediction(predictor, frames, args.output, args.tile, args.overlap, not args.no_progress)
+    writer = run_prediction(
+        predictor,
+        frames,
+        args.output,
+        args.tile,
+        args.overlap,
+        not args.no_progress,
+        overwrite=args.overwrite,
+    )
     print(writer.count_table())
     print(f"outputs: {Path(args.output).resolve()}")
 

@@ -200,7 +200,8 @@ def _safe(name: str) -> str:
 
 
 def _stack_depth(path: Path) -> int:
-    """T for a (T, H, W) TIFF stack, 0 for a single 2-D (or RGB) image."""
+    """T for a (T, H, W) TIFF stack, 0 for a single 2-D (or RGB) image; DataError naming the
+    file for any other shape (4-D, 1-D)."""
     if path.suffix.lower() not in TIFF_SUFFIXES:
         return 0
     try:
@@ -208,6 +209,11 @@ def _stack_depth(path: Path) -> int:
             shape = tuple(s for s in tf.series[0].shape if s != 1)
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise DataError(f"Cannot read TIFF {path}: {exc}") from None
+    if not 2 <= len(shape) <= 3:
+        raise DataError(
+            f"TIFF {path} has shape {shape}; expected one image (H, W), an RGB image (H, W, 3) or a "
+            "(T, H, W) stack of frames"
+        )
     return shape[0] if len(shape) == 3 and shape[-1] not in (3, 4) else 0
 
 
@@ -319,24 +325,34 @@ def run_prediction(
     tile: int = 0,
     overlap: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> PredictionWriter:
     """Predict every frame (tiled when ``tile`` > 0) and write the outputs; returns the writer
-    (``counts``, ``count_table()``) after ``objects.csv`` is written."""
+    (``counts``, ``count_table()``) after ``objects.csv`` is written.
+
+    ``output_dir`` follows the output-folder rule: missing or empty, or (``overwrite``)
+    replaced as a whole by the new predictions when they are complete, so label TIFFs of an
+    earlier run never sit beside a CSV that does not list them; a failed run keeps the old
+    folder, or leaves no new one. Missing channels are reported before anything is written.
+    """
     from tqdm import tqdm
 
+    from pcna_seg.data.coco_io import tool_output_folder
     from pcna_seg.inference.tiled import predict_tiled
 
     check_inputs(predictor, frames)
-    writer = PredictionWriter(output_dir, predictor.class_names)
-    for fr in tqdm(frames, desc="predict", unit="frame", disable=not progress):
-        need = predictor.required_channels(fr.channels)
-        shown = "pcna" if "pcna" in fr.channels else "gray"
-        chans = fr.load(list(dict.fromkeys([*need, shown])))
-        if tile > 0:
-            pred = predict_tiled(predictor, {k: chans[k] for k in need}, tile, overlap)
-        else:
-            pred = predictor.predict_arrays({k: chans[k] for k in need}, fr.source)
-        writer.write_frame(fr.name, pred, chans[shown])
-    writer.close()
+    with tool_output_folder(output_dir, overwrite=overwrite) as target:
+        writer = PredictionWriter(target, predictor.class_names)
+        for fr in tqdm(frames, desc="predict", unit="frame", disable=not progress):
+            need = predictor.required_channels(fr.channels)
+            shown = "pcna" if "pcna" in fr.channels else "gray"
+            chans = fr.load(list(dict.fromkeys([*need, shown])))
+            if tile > 0:
+                pred = predict_tiled(predictor, {k: chans[k] for k in need}, tile, overlap)
+            else:
+                pred = predictor.predict_arrays({k: chans[k] for k in need}, fr.source)
+            writer.write_frame(fr.name, pred, chans[shown])
+        writer.close()
+    writer.output_dir = Path(output_dir)
     logger.info("Wrote %d frames and %s", writer.n_frames, Path(output_dir) / "objects.csv")
     return writer

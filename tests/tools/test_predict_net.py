@@ -62,7 +62,7 @@ def _argv(env: Path, inp: str | Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _fails(capsys, argv: list[str], match: str) -> None:
+def _fails(capsys, argv: list[str], match: str) -> str:
     with pytest.raises(SystemExit) as info:
         _tool().main(argv)
     assert info.value.code == 1
@@ -70,6 +70,7 @@ def _fails(capsys, argv: list[str], match: str) -> None:
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert match in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.mark.slow
@@ -145,3 +146,43 @@ def test_grey_images_with_a_grey_recipe(tmp_path: Path, capsys) -> None:
     with open(out / "objects.csv", newline="") as fh:
         header = next(csv.reader(fh))
     assert header[4] == "prob_nucleus"
+
+
+@pytest.mark.slow
+def test_earlier_prediction_refused_and_replaced_whole_with_overwrite(
+    env: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "pred"
+    out.mkdir()
+    stale = out / "old_movie_0000_labels.tif"
+    tifffile.imwrite(stale, np.ones((8, 8), np.uint16))
+    line = _fails(capsys, _argv(env, env / "movies", out, "--score-thresh", "0"), str(out))
+    assert "--overwrite" in line and stale.exists()
+    _tool().main(_argv(env, env / "movies", out, "--score-thresh", "0", "--overwrite"))
+    capsys.readouterr()
+    assert not stale.exists()
+    with open(out / "objects.csv", newline="") as fh:
+        frames = {r["frame"] for r in csv.DictReader(fh)}
+    labels = {p.name[: -len("_labels.tif")] for p in out.glob("*_labels.tif")}
+    assert frames <= labels == {"mcf10a_s01_0000", "mcf10a_s01_0001"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_bad_values_and_output_paths_exit_1(env: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pred"
+    _fails(
+        capsys, _argv(env, env / "movies", out, "--score-thresh", "1.5"), "--score-thresh must be in [0, 1]"
+    )
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    for flags in ([], ["--overwrite"]):
+        _fails(
+            capsys, _argv(env, env / "movies", afile, *flags), f"Output {afile} exists and is not a folder"
+        )
+    _fails(capsys, _argv(env, env / "movies", afile / "pred"), str(afile))
+    _fails(capsys, _argv(env, env / "movies", env / "movies", "--overwrite"), "holds the input")
+    _fails(capsys, _argv(env, env / "prepared/val.json", env / "prepared", "--overwrite"), "holds the input")
+    four_d = tmp_path / "stack4d.tif"
+    tifffile.imwrite(four_d, np.zeros((2, 3, 16, 16), np.uint16))
+    _fails(capsys, _argv(env, four_d, out), str(four_d))
+    assert not out.exists() and (env / "movies").is_dir() and (env / "prepared/val.json").is_file()

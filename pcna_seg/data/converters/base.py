@@ -285,7 +285,7 @@ def check_source_output(src: str | os.PathLike, out: str | os.PathLike, what: st
     """ConfigError when the output folder is the source, lies inside it, or holds it."""
     s, o = Path(src).resolve(), Path(out).resolve()
     if s == o:
-        raise ConfigError(f"Output folder {out} is the {what} folder; write the prepared dataset elsewhere")
+        raise ConfigError(f"Output folder {out} is the {what} folder; choose another output folder")
     if s in o.parents:
         raise ConfigError(f"Output folder {out} lies inside the {what} {src}; choose a folder outside it")
     if o in s.parents:
