@@ -3,6 +3,7 @@
 
 python tools/train_net.py --config-file configs/quick_schedules/quick_stage3_pcna.yaml
 python tools/train_net.py --config-file CFG --resume                 # continue the last run
+python tools/train_net.py --config-file CFG --overwrite              # replace OUTPUT_DIR's run
 python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
 python tools/train_net.py --config-file CFG --num-gpus 4             # or: torchrun ... train_net.py
 python tools/train_net.py --config-file CFG SOLVER.BASE_LR 0.005 OUTPUT_DIR out/run2
@@ -25,7 +26,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--config-file", required=True, metavar="FILE", help="YAML config (with _BASE_ inheritance)"
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint if present"
+        "--resume",
+        action="store_true",
+        help="continue the run in OUTPUT_DIR from its newest readable checkpoint (a new run if it has none)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty OUTPUT_DIR (eval-only: OUTPUT_DIR/eval/<dataset>); the old one is "
+        "kept until the new run has finished",
     )
     p.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS on DATASETS.TEST")
     p.add_argument(
@@ -38,11 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _main(config_file: str, opts: list[str], resume: bool, eval_only: bool) -> None:
+def _main(config_file: str, opts: list[str], resume: bool, eval_only: bool, overwrite: bool = False) -> None:
     setup_logging()
     from pcna_seg.engine.trainer import run_train_net
 
-    run_train_net(config_file, opts, resume=resume, eval_only=eval_only)
+    run_train_net(config_file, opts, resume=resume, eval_only=eval_only, overwrite=overwrite)
 
 
 @user_errors_exit
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args.config_file, list(args.opts), args.resume, args.eval_only),
+        args=(args.config_file, list(args.opts), args.resume, args.eval_only, args.overwrite),
     )
 
 

@@ -5,12 +5,17 @@ Files in ``OUTPUT_DIR``:
 - ``model_{iter:07d}.pth`` / ``model_final.pth``: a dict with ``model`` (state dict),
   ``optimizer``, ``scheduler``, ``scaler`` (AMP), ``iteration`` (0-based, the last finished
   iteration), ``seed``, ``class_names`` (the training dataset's thing_classes), ``rng``
-  (python, numpy, torch, cuda states) and ``config`` (the merged config as YAML text,
-  ``cfg.dump()``). Only tensors and plain values: ``torch.load(weights_only=True)`` reads it;
+  (rank 0's python, numpy, torch, cuda states), ``rng_per_rank`` (one such state per process),
+  ``storage`` (the metric windows, see ``EventStorage.state_dict``) and ``config`` (the merged
+  config as YAML text, ``cfg.dump()``). Only tensors and plain values:
+  ``torch.load(weights_only=True)`` reads it;
 - ``last_checkpoint``: text file naming the newest checkpoint, written after it is complete;
 - ``config.yaml``: the merged config.
 
 Every file is written to a temporary name and renamed, so a crash never leaves a half file.
+Resuming uses the file ``last_checkpoint`` names; when that one is missing or unreadable the
+newest readable ``model_*.pth`` is used instead (logged), and when checkpoints exist but none
+can be read the run stops with an error naming them, so ``--resume`` never silently starts over.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +32,27 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from pcna_seg.engine.launch import is_main_process
+from pcna_seg.engine.launch import all_gather, get_rank, get_world_size, is_main_process
 from pcna_seg.errors import WeightsError
 from pcna_seg.utils_io import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last_checkpoint"
+CHECKPOINT_RE = re.compile(r"^model_(\d+|final)\.pth$")
+
+
+def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
+    """``model_final.pth`` and ``model_{iter}.pth`` in ``folder``, newest first (by the name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(m.group(1), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_file()]
+    return [
+        p
+        for key, p in sorted(
+            found, key=lambda kp: float("inf") if kp[0] == "final" else int(kp[0]), reverse=True
+        )
+    ]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -82,15 +103,24 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike) -> Any:
+def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`read_checkpoint` that also requires the ``model`` and ``iteration`` entries."""
+    data = read_checkpoint(path)
+    if "model" not in data or "iteration" not in data:
+        raise WeightsError(f"{path} is not a training checkpoint (no 'model'/'iteration' entries)")
+    return data
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike, strict: bool = False) -> Any:
     """Initialise ``model`` (DDP-unwrapped) from ``path``: a project checkpoint or a state dict.
 
-    Delegates to :func:`pcna_seg.modeling.weights.load_weights` (class-specific heads are
-    re-initialised when the class count differs; the report table is logged there).
+    Delegates to :func:`pcna_seg.modeling.weights.load_weights`. For fine-tuning
+    (``strict=False``) class-specific heads are re-initialised when the class count differs;
+    ``strict=True`` (evaluation) makes every such parameter a WeightsError.
     """
     from pcna_seg.modeling.weights import load_weights
 
-    return load_weights(unwrap(model), str(path))
+    return load_weights(unwrap(model), str(path), strict=strict)
 
 
 class Checkpointer:
@@ -108,15 +138,22 @@ class Checkpointer:
         self.cfg = cfg
         self.checkpointables = {k: v for k, v in checkpointables.items() if v is not None}
         self.save_to_disk = is_main_process()
+        self.resumed: dict[str, Any] = {}
+        self.resumed_rng: dict[str, Any] = {}
 
     def save(self, name: str, iteration: int, **extra: Any) -> Path | None:
-        """Write ``output_dir/name.pth`` atomically, then point ``last_checkpoint`` at it."""
+        """Write ``output_dir/name.pth`` atomically, then point ``last_checkpoint`` at it.
+
+        Every process must call it: the RNG states of all processes are gathered into the file.
+        """
+        rng = all_gather(get_rng_state())
         if not self.save_to_disk:
             return None
         data: dict[str, Any] = {"model": unwrap(self.model).state_dict(), "iteration": int(iteration)}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
-        data["rng"] = get_rng_state()
+        data["rng"] = rng[0]
+        data["rng_per_rank"] = rng
         if self.cfg is not None:
             data["config"] = self.cfg.dump()
         data.update(extra)
@@ -135,33 +172,93 @@ class Checkpointer:
         path = self.output_dir / marker.read_text(encoding="utf-8").strip()
         return path if path.is_file() else None
 
-    def resume(self, path: str | os.PathLike) -> dict[str, Any]:
-        """Restore model, optimizer, scheduler, scaler and RNG from a full checkpoint.
+    def find_resumable(self) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint to resume from and its content, or None when the folder has none.
 
-        Returns the remaining entries (``iteration``, ``seed``, ...).
+        ``last_checkpoint``'s file when it is readable; otherwise the newest readable
+        ``model_*.pth`` (logged with the reason). WeightsError, naming the files, when
+        checkpoints exist but none of them can be read.
         """
-        data = read_checkpoint(path)
-        if "model" not in data or "iteration" not in data:
-            raise WeightsError(f"{path} is not a training checkpoint (no 'model'/'iteration' entries)")
+        marker = self.output_dir / LAST_CHECKPOINT
+        named: Path | None = None
+        reason = f"{marker} is missing"
+        bad: list[str] = []
+        if marker.is_file():
+            named = self.output_dir / marker.read_text(encoding="utf-8").strip()
+            if named.is_file():
+                try:
+                    return named, read_training_checkpoint(named)
+                except WeightsError as exc:
+                    reason = f"{named} named by {LAST_CHECKPOINT} cannot be read ({exc})"
+                    bad.append(named.name)
+            else:
+                reason = f"{named} named by {LAST_CHECKPOINT} is missing"
+        for path in checkpoint_files(self.output_dir):
+            if named is not None and path == named:
+                continue
+            try:
+                data = read_training_checkpoint(path)
+            except WeightsError as exc:
+                logger.warning("Skipping unreadable checkpoint %s: %s", path, exc)
+                bad.append(path.name)
+                continue
+            logger.warning(
+                "Resuming from %s (iteration %d), the newest readable checkpoint, because %s",
+                path,
+                data["iteration"],
+                reason,
+            )
+            return path, data
+        if bad:
+            raise WeightsError(
+                f"Cannot resume in {self.output_dir}: no checkpoint there can be read ({', '.join(bad)}); "
+                "remove the damaged files to resume from an older one, or start again with --overwrite"
+            )
+        return None
+
+    def resume(self, path: str | os.PathLike, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Restore model, optimizer, scheduler, scaler and this process's RNG from a checkpoint.
+
+        Returns the remaining entries (``iteration``, ``seed``, ``storage``, ...); this process's
+        RNG state is also kept as ``self.resumed_rng`` so the trainer can re-apply it right
+        before the first resumed iteration.
+        """
+        data = dict(read_training_checkpoint(path) if data is None else data)
         unwrap(self.model).load_state_dict(data.pop("model"))
         for key, obj in self.checkpointables.items():
             if key in data:
                 obj.load_state_dict(data.pop(key))
             else:
                 logger.warning("Checkpoint %s has no %r state; starting it fresh", path, key)
-        set_rng_state(data.pop("rng", {}))
+        per_rank, single = data.pop("rng_per_rank", None), data.pop("rng", {})
+        world, rank = get_world_size(), get_rank()
+        if per_rank and len(per_rank) == world:
+            self.resumed_rng = per_rank[rank]
+        else:
+            written = len(per_rank) if per_rank else 1
+            if written != world:
+                logger.warning(
+                    "Checkpoint %s was written by %d process(es), this run has %d: random states are not "
+                    "restored per process, so the resumed run is not bit-identical to an uninterrupted one",
+                    path,
+                    written,
+                    world,
+                )
+            self.resumed_rng = single if rank == 0 else {}
+        set_rng_state(self.resumed_rng)
         logger.info("Resumed from %s (iteration %d)", path, data["iteration"])
         return data
 
     def resume_or_load(self, weights: str, resume: bool) -> int:
-        """Resume from ``last_checkpoint`` when ``resume`` and one exists, else load ``weights``.
+        """Resume from the newest readable checkpoint when ``resume``, else load ``weights``.
 
         Returns the iteration to start at (0 for a fresh run).
         """
+        self.resumed_rng = {}
         if resume:
-            last = self.last_checkpoint()
-            if last is not None:
-                self.resumed = self.resume(last)
+            found = self.find_resumable()
+            if found is not None:
+                self.resumed = self.resume(*found)
                 return int(self.resumed["iteration"]) + 1
             logger.info("No checkpoint in %s to resume from; starting a new run", self.output_dir)
         self.resumed = {}

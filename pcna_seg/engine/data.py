@@ -219,7 +219,14 @@ def build_train_loader(
         num_workers=workers,
         worker_init_fn=worker_init_fn,
         persistent_workers=workers > 0,
+        generator=_private_generator(seed),
     )
+
+
+def _private_generator(seed: int) -> torch.Generator:
+    """A generator of the loader's own: starting an iterator draws its base seed from here, not
+    from the global torch RNG (a draw there would shift a resumed run's random stream)."""
+    return torch.Generator().manual_seed(int(seed) % 2**63)
 
 
 def build_test_loader(cfg: CfgNode, mapper: Callable[[Record], Any], records: list[Record]) -> DataLoader:
@@ -234,6 +241,7 @@ def build_test_loader(cfg: CfgNode, mapper: Callable[[Record], Any], records: li
         collate_fn=trivial_collate,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         worker_init_fn=worker_init_fn,
+        generator=_private_generator(0),
     )
 
 

@@ -76,7 +76,11 @@ class LRScheduler(HookBase):
 
 
 class PeriodicCheckpointer(HookBase):
-    """``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end."""
+    """``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end.
+
+    The trainer runs it after every other hook, so a checkpoint holds the state at the very
+    end of its iteration (evaluation scalars and metric windows included).
+    """
 
     def __init__(self, checkpointer: Checkpointer, period: int) -> None:
         self.checkpointer = checkpointer
@@ -84,10 +88,16 @@ class PeriodicCheckpointer(HookBase):
 
     def after_step(self) -> None:
         it = self.trainer.iter
-        extra = {"seed": self.trainer.seed, "class_names": getattr(self.trainer, "class_names", [])}
+        if it + 1 < self.trainer.max_iter and not (self.period > 0 and (it + 1) % self.period == 0):
+            return
+        extra = {
+            "seed": self.trainer.seed,
+            "class_names": getattr(self.trainer, "class_names", []),
+            "storage": self.trainer.storage.state_dict(),
+        }
         if it + 1 >= self.trainer.max_iter:
             self.checkpointer.save("model_final", it, **extra)
-        elif self.period > 0 and (it + 1) % self.period == 0:
+        else:
             self.checkpointer.save(f"model_{it:07d}", it, **extra)
 
 
@@ -112,14 +122,15 @@ class EvalHook(HookBase):
 
 
 class PeriodicWriter(HookBase):
-    """Calls every writer's ``write(storage)`` every ``period`` iterations and at the end."""
+    """Calls every writer's ``write(storage)`` every ``period`` iterations, after the first
+    iteration of a new run and at the end (a resumed run writes where the uninterrupted one would)."""
 
     def __init__(self, writers: list[Any], period: int = 20) -> None:
         self.writers = writers
         self.period = period
 
     def after_step(self) -> None:
-        if self._is_period(self.period) or self.trainer.iter == self.trainer.start_iter:
+        if self._is_period(self.period) or self.trainer.iter == 0:
             for writer in self.writers:
                 writer.write(self.trainer.storage)
 

@@ -117,6 +117,11 @@ def _worker(
     except PcnaSegError as exc:  # pass the one-line message to the parent
         errors.put(str(exc))
         raise SystemExit(1) from None
+    except OSError as exc:  # a path that cannot be written: one line too
+        from pcna_seg.cli_utils import describe_os_error
+
+        errors.put(describe_os_error(exc))
+        raise SystemExit(1) from None
     finally:
         if is_distributed():
             dist.destroy_process_group()

@@ -9,9 +9,11 @@ so no checkpoint is ever written from a diverged model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,13 @@ from yacs.config import CfgNode
 
 from pcna_seg.data.catalog import get_metadata
 from pcna_seg.engine import hooks as H
-from pcna_seg.engine.checkpoint import Checkpointer, load_model_weights, unwrap
+from pcna_seg.engine.checkpoint import (
+    Checkpointer,
+    checkpoint_files,
+    load_model_weights,
+    set_rng_state,
+    unwrap,
+)
 from pcna_seg.engine.data import (
     build_test_loader,
     build_train_loader,
@@ -36,11 +44,12 @@ from pcna_seg.engine.launch import (
     get_world_size,
     is_main_process,
     resolve_device,
+    synchronize,
 )
 from pcna_seg.engine.lr_scheduler import build_lr_scheduler, build_optimizer
 from pcna_seg.engine.writers import ConsoleWriter, EventStorage, JSONWriter, TensorboardWriter
 from pcna_seg.errors import ConfigError, PcnaSegError, WeightsError
-from pcna_seg.utils_io import write_text_atomic
+from pcna_seg.utils_io import STAGING, check_output_folder, output_folder, write_text_atomic
 
 logger = logging.getLogger("pcna_seg.engine")
 
@@ -78,6 +87,13 @@ class Trainer:
 
     ``model``/``train_mapper``/``test_mapper`` may be given (tests, custom models); by default
     they come from ``pcna_seg.modeling.build_model`` and ``DatasetMapper.from_config``.
+    ``output_dir`` is where files go (default ``cfg.OUTPUT_DIR``; ``run_train_net --overwrite``
+    passes a staging folder while the config keeps naming the final folder).
+
+    A resumed run is bit-identical to an uninterrupted one: the checkpoint holds model,
+    optimizer, schedule, every process's RNG states and the metric windows, the data order
+    depends only on (seed, iteration), and nothing draws from the global RNGs between the
+    restore and the first resumed iteration.
     """
 
     def __init__(
@@ -88,8 +104,10 @@ class Trainer:
         test_mapper: Any = None,
         resume: bool = False,
         extra_hooks: list[H.HookBase] | None = None,
+        output_dir: str | Path | None = None,
     ) -> None:
         self.cfg = cfg
+        self.output_dir = Path(output_dir if output_dir is not None else cfg.OUTPUT_DIR)
         self.device = resolve_device(cfg.MODEL.DEVICE)
         self.max_iter = cfg.SOLVER.MAX_ITER
         seed = cfg.SEED if cfg.SEED >= 0 else int(np.random.SeedSequence().generate_state(1)[0] >> 1)
@@ -102,7 +120,7 @@ class Trainer:
             self.amp = False
 
         if is_main_process():
-            write_text_atomic(Path(cfg.OUTPUT_DIR) / "config.yaml", cfg.dump())
+            write_text_atomic(self.output_dir / "config.yaml", cfg.dump())
         records = load_records(cfg.DATASETS.TRAIN, cfg.DATASETS.ROOT, "DATASETS.TRAIN")
         check_train_records(cfg, records)
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
@@ -118,7 +136,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.checkpointer = Checkpointer(
             self.model,
-            cfg.OUTPUT_DIR,
+            self.output_dir,
             cfg,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
@@ -134,8 +152,11 @@ class Trainer:
         mapper = train_mapper if train_mapper is not None else default_mapper(cfg, True)
         self.data_loader = build_train_loader(cfg, mapper, records, self.seed, self.start_iter)
         self.storage = EventStorage(self.start_iter)
+        self.storage.load_state_dict(self.checkpointer.resumed.get("storage", {}))
         self.hooks: list[H.HookBase] = []
-        self.register_hooks(self.build_hooks() + list(extra_hooks or []))
+        hooks = self.build_hooks() + list(extra_hooks or [])
+        last = [h for h in hooks if isinstance(h, H.PeriodicCheckpointer)]  # after every other hook
+        self.register_hooks([h for h in hooks if not isinstance(h, H.PeriodicCheckpointer)] + last)
 
     # ----------------------------------------------------------------------------------------
     def build_hooks(self) -> list[H.HookBase]:
@@ -146,12 +167,17 @@ class Trainer:
             H.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
         ]
         if cfg.DATASETS.TEST:
-            out.append(H.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, self.model, self.test_mapper)))
+            out.append(
+                H.EvalHook(
+                    cfg.TEST.EVAL_PERIOD,
+                    lambda: self.test(cfg, self.model, self.test_mapper, output_dir=self.output_dir),
+                )
+            )
         if is_main_process():
             writers: list[Any] = [ConsoleWriter(self.max_iter)]
-            writers.append(JSONWriter(Path(cfg.OUTPUT_DIR) / "metrics.json", self.start_iter))
+            writers.append(JSONWriter(self.output_dir / "metrics.json", self.start_iter))
             if TensorboardWriter.available():
-                writers.append(TensorboardWriter(cfg.OUTPUT_DIR, self.start_iter))
+                writers.append(TensorboardWriter(self.output_dir, self.start_iter))
             out.append(H.PeriodicWriter(writers, cfg.SOLVER.LOG_PERIOD))
         return out
 
@@ -171,6 +197,8 @@ class Trainer:
         try:
             for h in self.hooks:
                 h.before_train()
+            if self.checkpointer.resumed_rng:  # exactly the state at the end of the checkpoint's iteration
+                set_rng_state(self.checkpointer.resumed_rng)
             it = self.start_iter
             while it < self.max_iter:  # a hook may lower max_iter (e.g. a time budget)
                 self.iter = self.storage.iter = it
@@ -204,7 +232,7 @@ class Trainer:
 
     def _plot_curves(self) -> None:
         """Loss, LR and AP over iterations as OUTPUT_DIR/curves.png (main process)."""
-        metrics = Path(self.cfg.OUTPUT_DIR) / "metrics.json"
+        metrics = self.output_dir / "metrics.json"
         if is_main_process() and metrics.is_file():
             from pcna_seg.evaluation.report import plot_training_curves
 
@@ -265,11 +293,22 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------
     @staticmethod
-    def test(cfg: CfgNode, model: nn.Module, mapper: Any = None) -> dict[str, Any]:
+    def test(
+        cfg: CfgNode,
+        model: nn.Module,
+        mapper: Any = None,
+        output_dir: str | Path | None = None,
+        overwrite: bool = True,
+        write_config: bool = False,
+    ) -> dict[str, Any]:
         """COCO-evaluate ``model`` on every ``DATASETS.TEST`` dataset.
 
-        Writes ``OUTPUT_DIR/eval/<dataset>/`` (main process). Returns the dataset's results
-        (``{"bbox": {...}, "segm": {...}}``) for one dataset, else ``{dataset: results}``.
+        Writes ``<output_dir>/eval/<dataset>/`` (main process; ``output_dir`` defaults to
+        ``cfg.OUTPUT_DIR``). A non-empty eval folder is replaced as a whole (built aside, swapped
+        in when complete) when ``overwrite`` — the trainer's periodic evaluations do that —
+        and refused (OutputExistsError) otherwise. ``write_config`` adds the config as
+        ``config.yaml``. Returns the dataset's results (``{"bbox": {...}, "segm": {...}}``)
+        for one dataset, else ``{dataset: results}``.
         """
         from pcna_seg.evaluation.coco_eval import COCOEvaluator, inference_on_dataset
 
@@ -277,70 +316,143 @@ class Trainer:
         bare = unwrap(model)
         device = next(bare.parameters()).device
         out: dict[str, Any] = {}
+        root = Path(output_dir if output_dir is not None else cfg.OUTPUT_DIR)
         for name in cfg.DATASETS.TEST:
             records = load_records([name], cfg.DATASETS.ROOT, "DATASETS.TEST")
-            evaluator = COCOEvaluator(
-                name,
-                Path(cfg.OUTPUT_DIR) / "eval" / name,
-                max_dets=cfg.TEST.MAX_DETS,
-                root=cfg.DATASETS.ROOT,
-                confusion_iou=cfg.TEST.CONFUSION_IOU,
-                confusion_score=cfg.TEST.CONFUSION_SCORE_THRESH,
+            target = root / "eval" / name
+            place = (
+                output_folder(target, overwrite=overwrite)
+                if is_main_process()
+                else contextlib.nullcontext(target)  # only the main process writes
             )
-            try:
-                out[name] = inference_on_dataset(
-                    bare, build_test_loader(cfg, mapper, records), evaluator, device, cfg.SOLVER.AMP.ENABLED
+            with place as folder:
+                evaluator = COCOEvaluator(
+                    name,
+                    folder,
+                    max_dets=cfg.TEST.MAX_DETS,
+                    root=cfg.DATASETS.ROOT,
+                    confusion_iou=cfg.TEST.CONFUSION_IOU,
+                    confusion_score=cfg.TEST.CONFUSION_SCORE_THRESH,
                 )
-            except PcnaSegError as exc:
-                raise clean_worker_error(exc) from None
+                try:
+                    out[name] = inference_on_dataset(
+                        bare,
+                        build_test_loader(cfg, mapper, records),
+                        evaluator,
+                        device,
+                        cfg.SOLVER.AMP.ENABLED,
+                    )
+                except PcnaSegError as exc:
+                    raise clean_worker_error(exc) from None
+                if write_config and is_main_process():
+                    write_text_atomic(Path(folder) / "config.yaml", cfg.dump())
         return next(iter(out.values())) if len(out) == 1 else out
 
 
-def setup_output(cfg: CfgNode) -> None:
-    """Create OUTPUT_DIR, write config.yaml and log to OUTPUT_DIR/log.txt (main process)."""
+def setup_output(cfg: CfgNode, folder: str | Path | None = None) -> logging.Handler | None:
+    """Create ``folder`` (default OUTPUT_DIR) and log to ``folder/log.txt`` (main process).
+
+    Returns the file handler (the caller removes it when the run ends), or None.
+    """
     if not is_main_process():
         logging.getLogger("pcna_seg").setLevel(logging.WARNING)
-        return
-    out = Path(cfg.OUTPUT_DIR)
+        return None
+    out = Path(folder if folder is not None else cfg.OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", cfg.dump())
     root = logging.getLogger("pcna_seg")
     log_file = str((out / "log.txt").resolve())
-    if not any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
-        fh = logging.FileHandler(log_file)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(fh)
-        root.setLevel(logging.INFO)
-    logger.info("Output folder %s; world size %d; config written to config.yaml", out, get_world_size())
+    if any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
+        return None
+    fh = logging.FileHandler(log_file)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(fh)
+    root.setLevel(logging.INFO)
+    logger.info("Output folder %s; world size %d", cfg.OUTPUT_DIR, get_world_size())
+    return fh
 
 
-def run_train_net(config_file: str, opts: list[str], resume: bool = False, eval_only: bool = False) -> Any:
-    """Entry point of ``tools/train_net.py`` in every process: load config, train or evaluate."""
+def _close_log(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger("pcna_seg").removeHandler(handler)
+        handler.close()
+
+
+def _main_decides(decide: Callable[[], Any]) -> Any:
+    """Run ``decide`` on the main process only and give every process its result (or its error)."""
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = decide()
+        except PcnaSegError as exc:
+            error = exc
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
+def _evaluate(cfg: CfgNode, resume: bool, overwrite: bool) -> dict[str, Any]:
+    """``--eval-only``: strict weights; results in OUTPUT_DIR/eval/<dataset>/ (a non-empty one needs
+    ``overwrite``)."""
+    if not cfg.DATASETS.TEST:
+        raise ConfigError("--eval-only needs at least one dataset in DATASETS.TEST")
+    out = Path(cfg.OUTPUT_DIR)
+    for name in cfg.DATASETS.TEST:
+        _main_decides(lambda name=name: check_output_folder(out / "eval" / name, overwrite=overwrite))
+    model = default_model(cfg).to(resolve_device(cfg.MODEL.DEVICE))
+    found = Checkpointer(model, out).find_resumable() if resume else None
+    weights = str(found[0]) if found else cfg.MODEL.WEIGHTS
+    if not weights:
+        raise ConfigError("--eval-only needs MODEL.WEIGHTS (a checkpoint path) or --resume with a checkpoint")
+    load_model_weights(model, weights, strict=True)
+    handler = setup_output(cfg, out)
+    try:
+        return Trainer.test(cfg, model, output_dir=out, overwrite=overwrite, write_config=True)
+    finally:
+        _close_log(handler)
+
+
+def run_train_net(
+    config_file: str, opts: list[str], resume: bool = False, eval_only: bool = False, overwrite: bool = False
+) -> Any:
+    """Entry point of ``tools/train_net.py`` in every process: load config, train or evaluate.
+
+    The output folder rule (:func:`pcna_seg.utils_io.output_folder`) is applied before anything
+    is written: a non-empty OUTPUT_DIR needs ``resume`` (continue it) or ``overwrite`` (the new
+    run is built in a hidden staging folder and swapped in when training ends; a failed run
+    leaves the old one intact). Only the main process touches the folder; every process
+    trains into the same (deterministic) place.
+    """
     from pcna_seg.config import load_config
 
     cfg = load_config(config_file, opts)
-    last = Path(cfg.OUTPUT_DIR) / "last_checkpoint"
-    if cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file() and not (resume and last.is_file()):
+    out = Path(cfg.OUTPUT_DIR)
+    has_ckpt = (out / "last_checkpoint").is_file() or bool(checkpoint_files(out))
+    if cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file() and not (resume and has_ckpt):
         raise WeightsError(
             f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS} (give a checkpoint or torchvision .pth path, "
             "or MODEL.WEIGHTS '' for random initialisation)"
         )
     for name in [*cfg.DATASETS.TEST, *([] if eval_only else cfg.DATASETS.TRAIN)]:
         get_metadata(name, cfg.DATASETS.ROOT or None)  # unknown dataset: fail before OUTPUT_DIR is made
-    setup_output(cfg)
     try:
         if eval_only:
-            model = default_model(cfg).to(resolve_device(cfg.MODEL.DEVICE))
-            last = Checkpointer(model, cfg.OUTPUT_DIR).last_checkpoint() if resume else None
-            weights = str(last) if last else cfg.MODEL.WEIGHTS
-            if not weights:
-                raise ConfigError(
-                    "--eval-only needs MODEL.WEIGHTS (a checkpoint path) or --resume with a checkpoint"
-                )
-            load_model_weights(model, weights)
-            if not cfg.DATASETS.TEST:
-                raise ConfigError("--eval-only needs at least one dataset in DATASETS.TEST")
-            return Trainer.test(cfg, model)
-        return Trainer(cfg, resume=resume).train()
+            return _evaluate(cfg, resume, overwrite)
+        mode = _main_decides(
+            lambda: check_output_folder(out, overwrite=overwrite, resume=resume, can_resume=True)
+        )
+        staging = out.parent / STAGING.format(name=out.name)
+        place = (
+            output_folder(out, overwrite=overwrite, resume=resume, can_resume=True)
+            if is_main_process()
+            else contextlib.nullcontext(staging if mode == "replace" else out)
+        )
+        with place as folder:
+            synchronize()  # the folder is ready before any process reads or writes in it
+            handler = setup_output(cfg, folder)
+            try:
+                return Trainer(cfg, resume=resume, output_dir=folder).train()
+            finally:
+                _close_log(handler)
     except torch.cuda.OutOfMemoryError:
         raise PcnaSegError(OOM_HINT.format(where="")) from None

@@ -44,6 +44,22 @@ class EventStorage:
         for name, value in kwargs.items():
             self.put_scalar(name, value)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The last ``window`` values of every scalar (enough for the medians and latest values
+        the writers report), as plain lists, for the checkpoint."""
+        return {
+            "window": self.window,
+            "history": {
+                n: [[int(i), float(v)] for i, v in list(h)[-self.window :]] for n, h in self._history.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state_dict` saved, so smoothed values after a resume are the
+        uninterrupted run's."""
+        for name, items in (state or {}).get("history", {}).items():
+            self._history[name].extend((int(i), float(v)) for i, v in items)
+
     def history(self, name: str) -> list[tuple[int, float]]:
         return list(self._history.get(name, ()))
 
@@ -79,19 +95,29 @@ class EventStorage:
 
 
 class JSONWriter:
-    """Append one line per write to ``metrics.json``; on resume, later lines are dropped first."""
+    """Append one line per write to ``metrics.json``.
+
+    On resume at ``start_iter`` the lines of later iterations (written after the checkpoint)
+    are dropped first, and writing continues after the last kept line, so together with the
+    restored :class:`EventStorage` the file matches an uninterrupted run's line for line.
+    """
 
     def __init__(self, path: str | os.PathLike, start_iter: int = 0) -> None:
         self.path = Path(path)
         self._last = start_iter - 1
         if self.path.is_file():
             kept = []
+            last = -1
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
-                    if json.loads(line).get("iteration", -1) < start_iter:
-                        kept.append(line)
+                    it = json.loads(line).get("iteration", -1)
                 except json.JSONDecodeError:
                     continue
+                if it < start_iter:
+                    kept.append(line)
+                    last = max(last, it)
+            if kept:
+                self._last = last
             write_text_atomic(self.path, "".join(k + "\n" for k in kept))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)

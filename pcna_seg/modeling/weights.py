@@ -19,6 +19,9 @@ Rules:
   so a grey image repeated over the channels produces the same response as before;
 - any other shape mismatch raises WeightsError naming the parameter and both shapes
   (``strict_shapes=False`` keeps the model's tensor and lists it as re-initialised instead);
+- ``strict=True`` (evaluation, prediction: the weights must *be* the model) refuses anything
+  that would not come from the file: a re-initialised head, an adapted stem or a parameter
+  missing from the file is a WeightsError naming the parameter and both shapes;
 - ``module.`` prefixes (DataParallel/DDP) are stripped; ``num_batches_tracked`` is ignored.
 """
 
@@ -144,12 +147,42 @@ def _is_class_specific(name: str) -> bool:
     return any(name.startswith(p) for p in CLASS_SPECIFIC_PREFIXES)
 
 
+def check_strict(report: LoadReport, model_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+    """WeightsError unless every model parameter came unchanged from the file (see ``strict``).
+
+    ``model_shapes`` (name → shape) lets the message give the expected shape of a missing one.
+    """
+    bad = [*report.reinitialised, *report.adapted, *report.missing]
+    if not bad:
+        return
+    name = bad[0]
+    if name in report.shapes:
+        src, dst = report.shapes[name]
+        what = f"parameter {name} has shape {list(src)} in the file but the model expects {list(dst)}"
+    else:
+        shape = (model_shapes or {}).get(name)
+        what = f"parameter {name} is not in the file" + (
+            f" (the model expects shape {list(shape)})" if shape is not None else ""
+        )
+    more = f" ({len(bad) - 1} more parameters differ or are missing)" if len(bad) > 1 else ""
+    raise WeightsError(
+        f"Weights file {report.path} does not fit the model: {what}{more}; it would be evaluated with "
+        "re-initialised parameters. Use the config the model was trained with "
+        "(MODEL.ROI_HEADS.NUM_CLASSES, INPUT.CHANNELS, head sizes)"
+    )
+
+
 def load_weights(
-    model: nn.Module, path: str | os.PathLike, strict_shapes: bool = True, allow_pickle: bool = False
+    model: nn.Module,
+    path: str | os.PathLike,
+    strict_shapes: bool = True,
+    allow_pickle: bool = False,
+    strict: bool = False,
 ) -> LoadReport:
     """Load ``path`` into ``model`` in place and return the :class:`LoadReport` (also logged).
 
-    See the module docstring for accepted files and the re-initialisation rules.
+    See the module docstring for accepted files and the re-initialisation rules. With
+    ``strict`` nothing is copied unless every parameter fits (:func:`check_strict`).
     """
     source = normalize_keys(read_state_dict(path, allow_pickle=allow_pickle))
     target = model.state_dict()
@@ -186,6 +219,8 @@ def load_weights(
     report.ignored = sorted(k for k in source if k not in target)
     if not report.loaded and not report.adapted:
         raise WeightsError(f"Weights file {path} shares no parameter names with the model; nothing to load")
+    if strict:
+        check_strict(report, {n: tuple(t.shape) for n, t in target.items()})
     with torch.no_grad():
         for name, tensor in new_state.items():
             target[name].copy_(tensor)

@@ -58,6 +58,8 @@ def _argv(root: Path, tmp_path: Path, *opts: str) -> list[str]:
         str(tmp_path / "out"),
         "SOLVER.MAX_ITER",
         "1",
+        "SOLVER.STEPS",
+        "()",
         "DATALOADER.NUM_WORKERS",
         "0",
         "TEST.EVAL_PERIOD",
