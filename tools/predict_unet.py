@@ -8,7 +8,8 @@
         --output out UNET.INFER.SAVE_PROBS True MODEL.DEVICE cuda
 
 --input: a folder in the synthetic/lab layout (images/*.tif), a glob of (C, H, W) TIFFs, or a glob
-with {channel} filled from UNET.CHANNELS (one file per channel).
+with {channel} filled from UNET.CHANNELS (one file per channel). A non-empty --output folder is
+refused unless --overwrite (the new predictions replace it as a whole when complete).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default="", help="checkpoint (default: UNET.WEIGHTS)")
     p.add_argument("--input", required=True, help="frames folder, TIFF glob, or glob with {channel}")
     p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder as a whole")
     p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     from pcna_seg.unet.predict import predict_unet
 
     cfg = load_config(args.config_file, args.opts)
-    rows = predict_unet(cfg, args.input, args.output, args.weights)
+    rows = predict_unet(cfg, args.input, args.output, args.weights, overwrite=args.overwrite)
     print(f"predicted {len(rows)} frames; counts in {Path(args.output) / 'counts.csv'}")
 
 

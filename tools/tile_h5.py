@@ -7,6 +7,9 @@
 --frames holds images/<well>_t<k>.tif and labels/<well>_t<k>_{semantic,instances}.tif (see
 README). Pass 1 writes every tile to OUT (resumable: re-run the same command after a kill);
 pass 2 writes OUT_STEM_train.h5 / OUT_STEM_val.h5 (tiles with more than one class, split by well).
+A rerun reuses outputs made from the same settings and unchanged frames/labels and refuses ones
+of another job (saying what changed) unless --overwrite; new files replace old ones only when
+complete.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="all-tiles HDF5 file to write (e.g. tiles/ld.h5)")
     p.add_argument("--workers", type=int, default=None, help="tiling processes (default UNET.TILING.WORKERS)")
     p.add_argument("--no-split", action="store_true", help="only pass 1 (no train/val files)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT from another job")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild OUT and its train/val files (old ones kept until the new are complete)",
+    )
     p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
 

@@ -5,7 +5,9 @@
     python tools/train_unet.py --config-file configs/unet/livedead.yaml --resume     # continue
     python tools/train_unet.py --config-file CFG UNET.SOLVER.SCHEDULER plateau OUTPUT_DIR out/plateau
 
-Writes checkpoints, metrics.json, overlay frames + video and plots to OUTPUT_DIR.
+Writes checkpoints, metrics.json, overlay frames + video and plots to OUTPUT_DIR. A non-empty
+OUTPUT_DIR is refused unless --resume (continue it) or --overwrite (build the new run aside and
+replace the old folder when it finished).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--config-file", required=True, metavar="FILE", help="YAML config (with _BASE_ inheritance)"
     )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint.pth")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR (swapped in when finished)"
+    )
     p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
 
@@ -37,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     from pcna_seg.unet.train import train_unet
 
     cfg = load_config(args.config_file, args.opts)
-    summary = train_unet(cfg, resume=args.resume)
+    summary = train_unet(cfg, resume=args.resume, overwrite=args.overwrite)
     final = summary["final"]
     shown = {k: round(v, 4) for k, v in final.items() if k.startswith(("pr_auc/", "seg", "count_mae"))}
     print(f"done: {summary['epochs']} epochs, {shown}, outputs in {cfg.OUTPUT_DIR}")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from pcna_seg.errors import ConfigError
+from pcna_seg.errors import ConfigError, WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +159,43 @@ def build_unet(cfg: CfgNode) -> UNet:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _hint(key: str, in_file: tuple[int, ...], in_model: tuple[int, ...]) -> str:
+    """The config key that most likely explains a tensor of the wrong shape."""
+    if key.startswith("down.0.0.") and in_file[:1] == in_model[:1] and in_file[1:2] != in_model[1:2]:
+        return "UNET.CHANNELS"
+    if key.startswith("head.") and in_file[:1] != in_model[:1] and in_file[1:] == in_model[1:]:
+        return "UNET.CLASSES / UNET.MODE"
+    return "UNET.BASE_WIDTH / UNET.ARCH"
+
+
+def load_unet_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a state dict into ``model``; one-line WeightsError when it does not fit.
+
+    The message names the first tensor the file has and the model lacks (or the reverse: another
+    layout), else the first tensor of the wrong shape with both shapes and the config key that
+    probably differs, plus how many others differ, instead of torch's dump of every mismatch.
+    """
+    own = model.state_dict()
+    wrong = [
+        (k, tuple(v.shape), tuple(own[k].shape))
+        for k, v in state.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    n = len(wrong) + len(missing) + len(extra)
+    if n == 0:
+        model.load_state_dict(state)
+        return
+    layout = "UNET.DEPTH / ARCH / BATCH_NORM / UPSAMPLE?"  # tensor names differ: another layout
+    if extra:
+        first = f"the file's {extra[0]} is not in the model ({layout})"
+    elif missing:
+        first = f"the model's {missing[0]} is not in the file ({layout})"
+    else:
+        k, a, b = wrong[0]
+        first = f"{k} is {a} in the file but {b} in the model ({_hint(k, a, b)}?)"
+    more = f", and {n - 1} other tensors differ" if n > 1 else ""
+    raise WeightsError(f"UNet weights {source} do not fit the config: {first}{more}")

@@ -13,6 +13,12 @@ Inputs (:func:`find_frames`): a folder in the ``write_livedead`` layout (``image
 optional ``labels/<stem>_semantic.tif`` / ``_instances.tif`` for true counts), a glob of
 multi-channel TIFFs (C, H, W), or a glob with ``{channel}`` that is filled with every name of
 ``UNET.CHANNELS`` (one single-channel file per channel).
+
+Every frame's files are checked from their headers before the model runs (same channel count
+and size across a frame's ``{channel}`` files). The output folder follows the output-folder rule
+(:func:`pcna_seg.utils_io.output_folder`): a non-empty folder is refused unless ``overwrite``,
+which builds the new predictions aside and replaces the old folder as a whole, so label TIFFs
+of an earlier run never sit beside a ``counts.csv`` that does not list them.
 """
 
 from __future__ import annotations
@@ -40,10 +46,10 @@ from pcna_seg.errors import ConfigError, DataError, WeightsError
 from pcna_seg.unet import viz
 from pcna_seg.unet.counting import count_objects
 from pcna_seg.unet.metrics import instances_from_contour, logits_to_probs
-from pcna_seg.unet.models import UNet, build_unet
+from pcna_seg.unet.models import UNet, build_unet, load_unet_state
 from pcna_seg.unet.tiling import normalize_frame
 from pcna_seg.unet.train import resolve_device
-from pcna_seg.utils_io import atomic_path
+from pcna_seg.utils_io import atomic_path, check_output_folder, output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +223,33 @@ def find_frames(pattern: str, channels: list[str]) -> list[FrameInput]:
     return out
 
 
+def _header_shape(path: str) -> tuple[int, ...] | None:
+    """(C, H, W) or (H, W) shape from a TIFF header; None for other formats (checked on read)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return tuple(int(v) for v in tf.series[0].shape)
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise DataError(f"Cannot read TIFF {path} (truncated or corrupt: {exc})") from None
+
+
+def check_frames(frames: list[FrameInput]) -> None:
+    """Before any prediction: the files of each frame must have the same height and width.
+
+    DataError names both files and both shapes.
+    """
+    for frame in frames:
+        shapes = [(f, _header_shape(f)) for f in frame.files]
+        known = [(f, s) for f, s in shapes if s is not None]
+        for f, s in known[1:]:
+            f0, s0 = known[0]
+            if s[-2:] != s0[-2:]:
+                raise DataError(
+                    f"Channel files of frame {frame.name} differ in size: {f0} is {s0} but {f} is {s}"
+                )
+
+
 def read_frame(frame: FrameInput, n_channels: int) -> np.ndarray:
     """(C, H, W) raw frame from one multi-channel TIFF or one file per channel."""
     arrays = []
@@ -224,6 +257,12 @@ def read_frame(frame: FrameInput, n_channels: int) -> np.ndarray:
         a = read_image(f)
         check_pixels(a, f)
         arrays.append(a[None] if a.ndim == 2 else a)
+    for f, a in zip(frame.files[1:], arrays[1:]):
+        if a.shape[-2:] != arrays[0].shape[-2:]:
+            raise DataError(
+                f"Channel files of frame {frame.name} differ in size: {frame.files[0]} is "
+                f"{arrays[0].shape} but {f} is {a.shape}"
+            )
     img = np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
     if img.ndim == 3 and img.shape[0] != n_channels and img.shape[-1] == n_channels:
         img = np.moveaxis(img, -1, 0)  # (H, W, C) → (C, H, W)
@@ -240,10 +279,7 @@ def load_unet(cfg: CfgNode, weights: str, device: torch.device) -> UNet:
         raise WeightsError("No weights given: pass --weights or set UNET.WEIGHTS to a trained checkpoint")
     state = read_checkpoint(weights)
     model = build_unet(cfg)
-    try:
-        model.load_state_dict(state.get("model", state))
-    except RuntimeError as exc:
-        raise WeightsError(f"Weights {weights} do not fit this U-Net config: {exc}") from None
+    load_unet_state(model, state.get("model", state), str(weights))
     return model.to(device).eval()
 
 
@@ -268,18 +304,30 @@ def _true_counts(frame: FrameInput) -> dict[str, Any]:
     return {"true_live": live, "true_dead": dead}
 
 
-def predict_unet(cfg: CfgNode, inputs: str, output_dir: str | os.PathLike, weights: str = "") -> list[dict]:
+def predict_unet(
+    cfg: CfgNode, inputs: str, output_dir: str | os.PathLike, weights: str = "", overwrite: bool = False
+) -> list[dict]:
     """Predict every frame of ``inputs``; write label TIFFs, overlays, optional probabilities, counts.csv.
 
-    Returns the per-frame count rows (also in ``<output_dir>/counts.csv``).
+    Returns the per-frame count rows (also in ``<output_dir>/counts.csv``). The output folder is
+    checked first, then the weights and every frame's headers, then frames are predicted (see
+    the module docstring for ``overwrite``).
     """
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(output_dir, overwrite=overwrite)
     device = resolve_device(cfg.MODEL.DEVICE)
     model = load_unet(cfg, weights or cfg.UNET.WEIGHTS, device)
+    frames = find_frames(inputs, list(cfg.UNET.CHANNELS))
+    check_frames(frames)
+    with output_folder(output_dir, overwrite=overwrite) as out:
+        return _predict_into(cfg, model, frames, out, device)
+
+
+def _predict_into(
+    cfg: CfgNode, model: UNet, frames: list[FrameInput], out: Path, device: torch.device
+) -> list[dict]:
     inf, til = cfg.UNET.INFER, cfg.UNET.TILING
     rows = []
-    for frame in tqdm(find_frames(inputs, list(cfg.UNET.CHANNELS)), desc="frames", disable=None):
+    for frame in tqdm(frames, desc="frames", disable=None):
         raw = read_frame(frame, len(cfg.UNET.CHANNELS))
         image = normalize_frame(raw, til.NORMALIZATION, til.PERCENTILES)
         probs = predict_probs(model, image, inf.TILE, inf.OVERLAP, inf.BLEND, inf.BATCH_SIZE, device,

@@ -2,7 +2,10 @@
 
 Reads a complete pass-1 tile file (:mod:`pcna_seg.unet.tiling`) once, sequentially, and writes
 ``<stem>_train.h5`` / ``<stem>_val.h5`` with the same layout plus the attrs ``split``,
-``source_file``, ``val_groups`` and ``split_seed``. Outputs are written atomically.
+``source_file``, ``val_groups`` and ``split_seed``, and the job that made them (the pass-1
+file's fingerprint and the split settings): a complete pair of the same job is reused, one of
+another job is refused unless ``overwrite``. Outputs are written at hidden temporary names and
+renamed only when both are complete, so a failed run leaves the earlier pair as it was.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pcna_seg.errors import ConfigError, DataError
+from pcna_seg.unet.tile_jobs import check_reuse, job_fingerprint, split_job, write_job
 from pcna_seg.unet.tiling import ARRAYS, TilingSettings, append_tiles, create_tile_datasets
-from pcna_seg.utils_io import atomic_path
+from pcna_seg.utils_io import atomic_path, file_stats, fingerprint, remove_leftovers
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,38 @@ def choose_val_groups(tiles_per_group: dict[str, int], val_fraction: float, seed
     return sorted(val)
 
 
+def split_outputs(tiles_h5: str | os.PathLike, val_fraction: float) -> dict[str, Path]:
+    """``tiles.h5`` → {"train": tiles_train.h5, "val": tiles_val.h5} (no "val" for fraction 0)."""
+    src = Path(tiles_h5)
+    names = ["train", "val"] if val_fraction > 0 else ["train"]
+    return {n: src.with_name(f"{src.stem}_{n}{src.suffix}") for n in names}
+
+
+def check_split_outputs(
+    tiles_h5: Path,
+    source_fp: str,
+    val_fraction: float,
+    seed: int,
+    multiclass_only: bool,
+    overwrite: bool = False,
+    log: bool = True,
+) -> bool:
+    """True when every pass-2 output exists, complete, from this job; raises for another job's.
+
+    ``source_fp`` is the pass-1 file's job fingerprint (known before pass 1 runs).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"UNET.TILING.VAL_FRACTION must be in [0, 1), got {val_fraction}")
+    job = split_job(source_fp, val_fraction, seed, multiclass_only)
+    outs = split_outputs(tiles_h5, val_fraction)
+    reuse = [check_reuse(p, job, overwrite, f"{name} tile file", log) for name, p in outs.items()]
+    return all(reuse)
+
+
+def _source_fingerprint(src: h5py.File, path: Path) -> str:
+    return job_fingerprint(src) or fingerprint(file_stats([path]))  # files of older versions
+
+
 def split_training(
     tiles_h5: str | os.PathLike,
     val_fraction: float = 0.1,
@@ -58,18 +94,25 @@ def split_training(
     multiclass_only: bool = True,
     block_chunks: int = 8,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Pass 2: copy tiles with more than one class into ``<stem>_train.h5`` / ``<stem>_val.h5``.
 
     The split is by the ``groups`` of the source frames (wells), seeded; tile order is kept.
     The source is read once, sequentially, ``block_chunks`` chunks at a time. Each output has
     the pass-1 layout plus attrs ``split``, ``source_file``, ``val_groups``, ``split_seed``.
-    Returns {"train": path, "val": path} (no "val" when ``val_fraction`` is 0).
+    Returns {"train": path, "val": path} (no "val" when ``val_fraction`` is 0). Existing
+    outputs: see the module docstring.
     """
     src_path = Path(tiles_h5)
+    remove_leftovers(src_path.parent)
     with h5py.File(src_path, "r") as src:
         if not src.attrs.get("complete", False):
             raise DataError(f"Tile file {src_path} is incomplete (attr complete is not True)")
+        source_fp = _source_fingerprint(src, src_path)
+        if check_split_outputs(src_path, source_fp, val_fraction, seed, multiclass_only, overwrite):
+            return split_outputs(src_path, val_fraction)
+        job = split_job(source_fp, val_fraction, seed, multiclass_only)
         counts, source = src["class_counts"][:], src["source"][:]
         groups = np.asarray(_strings(src["groups"]), dtype=object)
         keep = (counts > 0).sum(axis=1) >= 2 if multiclass_only else np.ones(len(counts), bool)
@@ -83,14 +126,15 @@ def split_training(
         select = {"train": np.flatnonzero(keep & ~is_val)}
         if val_groups:
             select["val"] = np.flatnonzero(keep & is_val)
-        stem = src_path.with_suffix("")
-        outs = {name: Path(f"{stem}_{name}{src_path.suffix}") for name in select}
+        outs = split_outputs(src_path, val_fraction)
+        assert set(outs) == set(select)
         s = _settings_from_attrs(src.attrs)
         with _atomic_h5(outs) as files:
             for name, f in files.items():
                 f.attrs.update({k: v for k, v in src.attrs.items()})
                 f.attrs.update(split=name, source_file=str(src_path.resolve()), split_seed=seed)
                 f.attrs["val_groups"] = val_groups
+                write_job(f, job)
                 f.create_dataset("frames", data=_strings(src["frames"]), dtype=h5py.string_dtype())
                 f.create_dataset("groups", data=list(groups), dtype=h5py.string_dtype())
                 create_tile_datasets(f, s, src["data"].shape[1])

@@ -16,9 +16,12 @@ Pass 1 writes every tile to ``<out>`` (schema in the README / unet_spec). Frames
 process pool whose workers return tile arrays; the single writer appends them in frame order
 into ``<out stem>.partial.h5`` and records ``frames_done`` / ``n_tiles`` after each frame's
 tiles are flushed. A killed run resumes there: datasets are truncated to ``n_tiles`` and done
-frames are skipped. On completion ``complete=True`` is set and the file is renamed to ``<out>``.
-Pass 2 (:func:`split_training`) keeps tiles holding more than one class and writes
-``<stem>_train.h5`` / ``<stem>_val.h5`` split by well (seeded).
+frames are skipped. On completion ``complete=True`` is set and the file is renamed to ``<out>``
+(replacing an earlier file only then). Each file records the job that made it
+(:mod:`pcna_seg.unet.tile_jobs`): a rerun reuses a complete file of the same job and refuses
+one of another job, naming what changed, unless ``overwrite``. Pass 2
+(:func:`~pcna_seg.unet.tile_split.split_training`) keeps tiles holding more than one class and
+writes ``<stem>_train.h5`` / ``<stem>_val.h5`` split by well (seeded).
 """
 
 from __future__ import annotations
@@ -36,12 +39,21 @@ from typing import Any
 import h5py
 import hdf5plugin
 import numpy as np
-import tifffile
 from tqdm import tqdm
 
 from pcna_seg.data.image_io import check_pixels, read_image
 from pcna_seg.errors import ConfigError, DataError
 from pcna_seg.unet.targets import MODE_CLASSES, MODE_LABEL_KIND, check_label_values, check_mode, make_targets
+from pcna_seg.unet.tile_jobs import (
+    check_reuse,
+    explain_change,
+    job_fingerprint,
+    read_job,
+    tiff_shape,
+    tiling_job,
+    write_job,
+)
+from pcna_seg.utils_io import fingerprint, remove_leftovers
 
 logger = logging.getLogger(__name__)
 
@@ -199,27 +211,16 @@ def channel_percentiles(channel: np.ndarray, q: Sequence[float]) -> np.ndarray:
     return v0 + (pos - k) * (v1 - v0)
 
 
-def _header_shape(path: str) -> tuple[int, ...]:
-    try:
-        with tifffile.TiffFile(path) as tf:
-            return tuple(int(v) for v in tf.series[0].shape)
-    except FileNotFoundError:
-        raise DataError(f"Frame file not found: {path}") from None
-    except Exception as exc:
-        raise DataError(f"Cannot read TIFF {path}: {exc}") from None
-
-
 def preflight(sources: Sequence[FrameSource], s: TilingSettings) -> tuple[int, int]:
-    """Check headers of all files before any work: shapes agree, channels match, tile fits.
-
-    Returns the common frame size (H, W). DataError names the offending file.
+    """Check headers of all files before any work: readable and not truncated, shapes agree,
+    channels match, tile fits. Returns the common frame size (H, W). DataError names the file.
     """
     if not sources:
         raise DataError("No frames to tile")
     size: tuple[int, int] | None = None
     n_ch = len(s.channels)
     for src in sources:
-        shp = _header_shape(src.image)
+        shp = tiff_shape(src.image)
         if len(shp) == 2 and n_ch == 1:
             shp = (1, *shp)
         if len(shp) != 3 or shp[0] != n_ch:
@@ -234,7 +235,7 @@ def preflight(sources: Sequence[FrameSource], s: TilingSettings) -> tuple[int, i
             raise DataError(
                 f"Frame {src.image} is {shp[1]}x{shp[2]} but the job's frames are {size[0]}x{size[1]}"
             )
-        lab = _header_shape(src.labels)
+        lab = tiff_shape(src.labels)
         if lab != size:
             raise DataError(f"Label image {src.labels} has shape {lab}; its frame is {size[0]}x{size[1]}")
     assert size is not None
@@ -326,26 +327,13 @@ def append_tiles(f: h5py.File, arrays: dict[str, np.ndarray]) -> int:
     return n1
 
 
-def _write_header(f: h5py.File, s: TilingSettings, sources: Sequence[FrameSource]) -> None:
+def _write_header(f: h5py.File, s: TilingSettings, sources: Sequence[FrameSource], job: dict) -> None:
     f.attrs.update(s.attrs())
+    write_job(f, job)
     f.attrs.update(complete=False, frames_done=0, n_tiles=0)
     create_tile_datasets(f, s, len(s.channels))
     f.create_dataset("frames", data=[x.image for x in sources], dtype=h5py.string_dtype())
     f.create_dataset("groups", data=[x.group for x in sources], dtype=h5py.string_dtype())
-
-
-def _same_job(f: h5py.File, s: TilingSettings, sources: Sequence[FrameSource]) -> bool:
-    want = s.attrs()
-    for key, value in want.items():
-        got = f.attrs.get(key)
-        got = [v.decode() if isinstance(v, bytes) else v for v in got] if isinstance(got, np.ndarray) else got
-        if got is None or (list(got) if isinstance(got, list | tuple) else got) != value:
-            return False
-    try:
-        frames = [v.decode() if isinstance(v, bytes) else v for v in f["frames"][:]]
-    except (KeyError, OSError):  # header never written
-        return False
-    return frames == [x.image for x in sources]
 
 
 def partial_path(out: str | os.PathLike) -> Path:
@@ -354,25 +342,31 @@ def partial_path(out: str | os.PathLike) -> Path:
     return out.with_name(f"{out.stem}.partial{out.suffix}")
 
 
-def _open_partial(part: Path, s: TilingSettings, sources: Sequence[FrameSource]) -> h5py.File:
-    """Open (resume) or create the partial file; a stale or unreadable one is started over."""
+def job_of(s: TilingSettings, sources: Sequence[FrameSource]) -> dict[str, Any]:
+    """The pass-1 job of ``sources`` with ``s`` (settings + size/mtime of every image and label)."""
+    return tiling_job(s.attrs(), [p for src in sources for p in (src.image, src.labels)])
+
+
+def _open_partial(part: Path, s: TilingSettings, sources: Sequence[FrameSource], job: dict) -> h5py.File:
+    """Open (resume) or create the partial file; one of another job or unreadable is started over."""
     if part.exists():
         try:
             f = h5py.File(part, "a")
         except OSError:
             logger.warning("Partial file %s is unreadable; starting over", part)
         else:
-            if _same_job(f, s, sources):
+            if job_fingerprint(f) == fingerprint(job):
                 done, n = int(f.attrs["frames_done"]), int(f.attrs["n_tiles"])
                 for name in ARRAYS:
                     f[name].resize(n, axis=0)  # drop tiles of a frame whose flush was interrupted
                 logger.info("Resuming %s at frame %d/%d (%d tiles kept)", part, done, len(sources), n)
                 return f
+            reason = explain_change(read_job(f), job)
             f.close()
-            logger.warning("Partial file %s is from a different job; starting over", part)
+            logger.warning("Partial file %s is from another job (%s); starting over", part, reason)
         part.unlink()
     f = h5py.File(part, "w")
-    _write_header(f, s, sources)
+    _write_header(f, s, sources, job)
     return f
 
 
@@ -387,37 +381,34 @@ def tile_to_h5(
 ) -> Path:
     """Pass 1: tile every frame into ``out`` (resumable; see module docstring). Returns ``out``.
 
-    ``workers`` processes (spawn) tile frames; 0 tiles in this process. ``on_frame_done(k)`` is
-    called after frame k's tiles are flushed (tests use it to simulate a kill).
+    An existing complete ``out`` made by the same job (settings and the size/mtime of every
+    input file) is reused; one of another job is refused with the reason
+    (:func:`~pcna_seg.unet.tile_jobs.check_reuse`) unless ``overwrite``. Either way the new file
+    is built as ``<stem>.partial.h5`` after a header check of every input and replaces ``out``
+    only when complete, so a failed job leaves the earlier file as it was. Leftovers of killed
+    runs in ``out``'s folder are removed first (logged). ``workers`` processes (spawn) tile
+    frames; 0 tiles in this process. ``on_frame_done(k)`` is called after frame k's tiles are
+    flushed (tests use it to simulate a kill).
     """
     s.validate()
     out = Path(out)
-    if out.exists():
-        if overwrite:
-            out.unlink()
-        else:
-            try:
-                with h5py.File(out, "r") as f:
-                    same = bool(f.attrs.get("complete", False)) and _same_job(f, s, sources)
-            except OSError:
-                same = False
-            if same:
-                logger.info("%s is already complete for this job; skipping pass 1", out)
-                return out
-            raise DataError(
-                f"Output {out} exists from another job or is unreadable; pass --overwrite to replace it"
-            )
+    job = job_of(s, sources)
+    remove_leftovers(out.parent)
+    if check_reuse(out, job, overwrite, "Tile file"):
+        return out
     preflight(sources, s)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = partial_path(out)
-    f = _open_partial(part, s, sources)
+    f = _open_partial(part, s, sources, job)
     try:
         _run_frames(f, sources, s, workers, progress, on_frame_done)
         f.attrs["complete"] = True
+        n = int(f.attrs["n_tiles"])
         f.flush()
     finally:
         f.close()
-    os.replace(part, out)
+    os.replace(part, out)  # an earlier file is replaced only now, by a complete one
+    logger.info("%s: %d tiles from %d frames", out, n, len(sources))
     return out
 
 
@@ -469,23 +460,21 @@ def run_tiling(
     """Both passes from a config: discover frames, tile into ``out``, extract train/val.
 
     Returns {"tiles": out, "train": …, "val": …}. Uses UNET.MODE/CLASSES/CHANNELS and
-    UNET.TILING.* (WORKERS, VAL_FRACTION, SPLIT_SEED, MULTICLASS_ONLY).
+    UNET.TILING.* (WORKERS, VAL_FRACTION, SPLIT_SEED, MULTICLASS_ONLY). Every existing output
+    (pass 1 and pass 2) is checked before any work, so a refusal comes first.
     """
-    from pcna_seg.unet.tile_split import split_training  # pass 2 lives in its own module
+    from pcna_seg.unet.tile_split import check_split_outputs, split_training  # pass 2's module
 
     s = settings_from_cfg(cfg)
     sources = discover_frames(frames, s.mode)
     n_workers = int(cfg.UNET.TILING.WORKERS) if workers is None else int(workers)
+    t = cfg.UNET.TILING
+    split_args = (float(t.VAL_FRACTION), int(t.SPLIT_SEED), bool(t.MULTICLASS_ONLY))
+    job = job_of(s, sources)
+    check_reuse(out, job, overwrite, "Tile file", log=False)
+    if split:
+        check_split_outputs(Path(out), fingerprint(job), *split_args, overwrite=overwrite, log=False)
     result = {"tiles": tile_to_h5(sources, out, s, n_workers, overwrite, progress)}
     if split:
-        t = cfg.UNET.TILING
-        result.update(
-            split_training(
-                result["tiles"],
-                float(t.VAL_FRACTION),
-                int(t.SPLIT_SEED),
-                bool(t.MULTICLASS_ONLY),
-                progress=progress,
-            )
-        )
+        result.update(split_training(result["tiles"], *split_args, overwrite=overwrite, progress=progress))
     return result

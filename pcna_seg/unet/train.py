@@ -12,6 +12,13 @@ Outputs in ``OUTPUT_DIR``:
 - ``overlays/epoch_XXXX.png`` every ``UNET.EVAL.OVERLAY_PERIOD`` epochs (fixed validation
   tiles, colours in :mod:`pcna_seg.unet.viz`), ``overlays.mp4`` (or ``.gif``) at the end;
 - ``loss.png``, ``lr.png``, ``pr_auc.png``, ``pr_curves.png``, ``summary.json``.
+
+``OUTPUT_DIR`` follows the output-folder rule (:func:`pcna_seg.utils_io.output_folder`): a
+non-empty folder is refused unless ``resume`` (continue from ``last_checkpoint.pth``, or start
+from scratch with a log line when there is none) or ``overwrite`` (the new run is built in a
+hidden ``.<name>.staging`` folder and swapped in when it finished; ``config.yaml`` names the
+final folder). Leftovers of a killed run (hidden checkpoint/overlay temporary files) are
+removed, with a log line, by the next run in that folder.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from pcna_seg.unet import viz
 from pcna_seg.unet.dataset import to_device
 from pcna_seg.unet.losses import build_loss, resolve_class_weights
 from pcna_seg.unet.metrics import SegmentationMetrics
-from pcna_seg.unet.models import build_unet
+from pcna_seg.unet.models import build_unet, load_unet_state
 from pcna_seg.unet.schedulers import (
     build_optimizer,
     build_scheduler,
@@ -47,7 +54,14 @@ from pcna_seg.unet.schedulers import (
     scheduler_step,
     simulate_schedules,
 )
-from pcna_seg.utils_io import atomic_path, write_json_atomic, write_text_atomic
+from pcna_seg.utils_io import (
+    atomic_path,
+    check_output_folder,
+    output_folder,
+    remove_leftovers,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 LAST = "last_checkpoint.pth"
@@ -142,11 +156,7 @@ class UNetTrainer:
 
     def _load_weights(self, path: str) -> None:
         state = read_checkpoint(path)
-        state = state.get("model", state)
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise WeightsError(f"UNET.WEIGHTS {path} does not fit this U-Net config: {exc}") from None
+        load_unet_state(self.model, state.get("model", state), f"{path} (UNET.WEIGHTS)")
         logger.info("initialised the U-Net from %s", path)
 
     def _autocast(self) -> Any:
@@ -244,8 +254,12 @@ class UNetTrainer:
             logger.warning("--resume: no %s yet; starting from scratch", path)
             return False
         ck = read_checkpoint(path)
+        if not isinstance(ck.get("model"), dict):
+            raise WeightsError(
+                f"Checkpoint {path} holds no 'model' state; it is not a U-Net training checkpoint"
+            )
+        load_unet_state(self.model, ck["model"], f"{path} (--resume)")
         try:
-            self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(ck["scheduler"])
@@ -259,6 +273,15 @@ class UNetTrainer:
         logger.info("resumed from %s after epoch %d", path, self.start_epoch)
         return True
 
+    def _drop_later_overlays(self) -> None:
+        """Remove overlay frames of epochs after ``start_epoch`` (a killed run wrote them after its
+        last checkpoint; the resumed run redoes them), so the video never mixes two runs."""
+        stale = [p for p in (self.out / "overlays").glob("epoch_*.png") if _epoch_of(p) > self.start_epoch]
+        for p in stale:
+            p.unlink()
+        if stale:
+            logger.info("removed %d overlay frames of epochs after %d", len(stale), self.start_epoch)
+
     def _write_metrics(self) -> None:
         lines = "".join(json.dumps(r) + "\n" for r in self.history)
         write_text_atomic(self.out / "metrics.json", lines)
@@ -267,9 +290,11 @@ class UNetTrainer:
     def train(self, resume: bool = False) -> dict[str, Any]:
         """Run the remaining epochs; returns the summary written to ``summary.json``."""
         self.out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.out / "overlays")
         save_config(self.cfg, self.out / "config.yaml")
         if resume:
             self.resume()
+            self._drop_later_overlays()
         epochs = int(self.cfg.UNET.SOLVER.EPOCHS)
         period = max(1, int(self.cfg.UNET.SOLVER.CHECKPOINT_PERIOD))
         overlay_period = max(1, int(self.cfg.UNET.EVAL.OVERLAY_PERIOD))
@@ -339,11 +364,18 @@ class UNetTrainer:
             "best": {self.monitor: self.best},
             "final": last,
             "train_seconds_this_run": seconds,
-            "video": str(video) if video else None,
+            "video": str(Path(self.cfg.OUTPUT_DIR) / video.name) if video else None,
             "confusion_matrix": metrics.confusion().tolist(),
         }
         write_json_atomic(self.out / "summary.json", summary, indent=2)
         return summary
+
+
+def _epoch_of(path: Path) -> int:
+    try:
+        return int(path.stem.rsplit("_", 1)[-1])
+    except ValueError:
+        return 0
 
 
 def train_unet(
@@ -351,6 +383,21 @@ def train_unet(
     resume: bool = False,
     loaders: tuple[DataLoader, DataLoader | None] | None = None,
     class_counts: np.ndarray | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train (or resume) a U-Net as configured; returns the run summary (see ``summary.json``)."""
-    return UNetTrainer(cfg, loaders, class_counts).train(resume=resume)
+    """Train (or resume) a U-Net as configured; returns the run summary (see ``summary.json``).
+
+    ``OUTPUT_DIR`` is checked first (refused when non-empty without ``resume``/``overwrite``),
+    then the data and model are built, then the run writes into the folder (or, with
+    ``overwrite``, into a staging folder swapped in at the end; see the module docstring).
+    """
+    final = Path(cfg.OUTPUT_DIR)
+    mode = check_output_folder(final, overwrite=overwrite, resume=resume, can_resume=True)
+    if resume and mode == "new":
+        logger.info("--resume: %s is empty or missing; starting a new run", final)
+    trainer = UNetTrainer(cfg, loaders, class_counts)
+    with output_folder(final, overwrite=overwrite, resume=resume, can_resume=True) as folder:
+        trainer.out = folder
+        summary = trainer.train(resume=resume and mode == "resume")
+    trainer.out = final
+    return summary

@@ -171,7 +171,14 @@ def test_train_from_tiled_h5_and_tool(tmp_path, capsys) -> None:
 
     with pytest.raises(SystemExit) as exc:
         train_main(
-            ["--config-file", str(run_dir / "config.yaml"), "UNET.DATA.TRAIN_H5", str(tmp_path / "no.h5")]
+            [
+                "--config-file",
+                str(run_dir / "config.yaml"),
+                "UNET.DATA.TRAIN_H5",
+                str(tmp_path / "no.h5"),
+                "OUTPUT_DIR",
+                str(tmp_path / "run2"),
+            ]  # fmt: skip
         )
     assert exc.value.code == 1
     assert "no.h5" in capsys.readouterr().err

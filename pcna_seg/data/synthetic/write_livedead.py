@@ -23,10 +23,43 @@ import tifffile
 from pcna_seg.data.image_io import write_image
 from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
 from pcna_seg.data.synthetic.nuclei import make_livedead_frame
+from pcna_seg.errors import ConfigError
 from pcna_seg.utils_io import atomic_path
 
 LIVEDEAD_CHANNELS: tuple[str, str] = ("hoechst", "draq7")
 LIVEDEAD_CLASSES: list[str] = ["background", "DAPI", "Cy5"]
+MIN_SIZE = 32  # smallest frame side in pixels (nuclei are ~10-20 px across)
+
+
+def _check(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless ``ok``: the one way a bad argument is reported."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def check_args(
+    wells: Sequence[str], timepoints: int, height: int, width: int, density: float, dead_fraction: float
+) -> None:
+    """Validate :func:`write`'s arguments; ConfigError names the argument, its value and the range."""
+    _check(isinstance(wells, Sequence) and not isinstance(wells, str) and len(wells) > 0,
+           f"wells must be a non-empty list of well names, got {wells!r}")  # fmt: skip
+    for w in wells:
+        _check(
+            isinstance(w, str) and w.strip() == w and w not in ("", ".", "..")
+            and not any(c in w for c in '/\\:*?"<>|') and "\x00" not in w,
+            f"well name {w!r} cannot be part of a file name "
+            "(no '/', '\\', ':', wildcards or surrounding spaces)",
+        )  # fmt: skip
+    _check(
+        len(set(wells)) == len(wells), f"well names repeat in {list(wells)}; each well is one frame series"
+    )
+    _check(isinstance(timepoints, int) and timepoints >= 1, f"timepoints must be >= 1, got {timepoints!r}")
+    for name, v in (("height", height), ("width", width)):
+        _check(
+            isinstance(v, int) and v >= MIN_SIZE, f"{name} must be an integer >= {MIN_SIZE} pixels, got {v!r}"
+        )
+    _check(0.0 < float(density) < 0.05, f"density must be in (0, 0.05) nuclei per pixel, got {density!r}")
+    _check(0.0 <= float(dead_fraction) <= 1.0, f"dead_fraction must be in [0, 1], got {dead_fraction!r}")
 
 
 def frame_name(well: str, t: int) -> str:
@@ -48,8 +81,10 @@ def write(
     """Write ``len(wells) × timepoints`` frames under ``out`` (layout above); seeded.
 
     Returns the ground truth: one image per frame, ``key`` = frame stem, ``labels`` = the
-    instance image, ``classes`` = id → "live" / "dead", ``sequence`` = well.
+    instance image, ``classes`` = id → "live" / "dead", ``sequence`` = well. Arguments are
+    checked first (:func:`check_args`): ConfigError names a bad one.
     """
+    check_args(wells, timepoints, height, width, density, dead_fraction)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
