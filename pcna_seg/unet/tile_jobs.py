@@ -173,7 +173,7 @@ def explain_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     diffs += [(k, old.get(k), new.get(k)) for k in sorted(top) if old.get(k) != new.get(k)]
     for k, x, y in diffs:
         if k == "source":
-            parts.append("the all-tiles file it was split from was rebuilt")
+            parts.append("it was split from another all-tiles job (other settings or input files)")
         else:
             key = f" ({CONFIG_KEYS[k]})" if k in CONFIG_KEYS else ""
             parts.append(f"setting {k} {x!r} -> {y!r}{key}")

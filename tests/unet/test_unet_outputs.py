@@ -7,8 +7,12 @@ import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import tifffile
@@ -27,6 +31,7 @@ from pcna_seg.unet.tile_split import split_training
 from pcna_seg.unet.tiling import TilingSettings, discover_frames, partial_path, run_tiling, tile_to_h5
 from pcna_seg.unet.train import train_unet
 
+REPO = Path(__file__).resolve().parents[2]
 S = TilingSettings(tile=32, stride=32, chunk_tiles=8)
 TILING = ["UNET.TILING.TILE", "32", "UNET.TILING.STRIDE", "32", "UNET.TILING.WORKERS", "0"]
 
@@ -169,12 +174,15 @@ def _loaders(nan: bool = False) -> tuple[DataLoader, DataLoader]:
     return DataLoader(train, batch_size=8), DataLoader(_tiles_ds(4, 1), batch_size=4)
 
 
+TRAIN_OPTS = [
+    "MODEL.DEVICE", "cpu", "SEED", "0", "UNET.DEPTH", "1", "UNET.BASE_WIDTH", "2",
+    "UNET.LOSS.CLASS_WEIGHTS", "[1.0, 1.0, 1.0]", "UNET.EVAL.PR_THRESHOLDS", "5",
+    "UNET.EVAL.OVERLAY_TILES", "2",
+]  # fmt: skip
+
+
 def _train_cfg(out: Path, epochs: int = 1):
-    return load_config(opts=[
-        "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "SEED", "0", "UNET.DEPTH", "1",
-        "UNET.BASE_WIDTH", "2", "UNET.LOSS.CLASS_WEIGHTS", "[1.0, 1.0, 1.0]", "UNET.SOLVER.EPOCHS",
-        str(epochs), "UNET.EVAL.PR_THRESHOLDS", "5", "UNET.EVAL.OVERLAY_TILES", "2",
-    ])  # fmt: skip
+    return load_config(opts=["OUTPUT_DIR", str(out), *TRAIN_OPTS, "UNET.SOLVER.EPOCHS", str(epochs)])
 
 
 def test_train_output_folder_rule(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -281,3 +289,65 @@ def test_write_livedead_rejects_bad_arguments(kw: dict, match: str, tmp_path: Pa
     with pytest.raises(ConfigError, match=match):
         write_livedead(tmp_path / "x", **args)
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------- real kill -9
+def _run_and_kill(script: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_during_split_leaves_hidden_tmp_that_the_next_run_removes(frames, tmp_path, caplog) -> None:
+    out = tmp_path / "t.h5"
+    opts = [*TILING, "UNET.TILING.VAL_FRACTION", "0.34"]
+    _run_and_kill(f"""
+import os, signal
+from pcna_seg.config import load_config
+from pcna_seg.unet import tile_split
+from pcna_seg.unet.tiling import run_tiling
+real = tile_split.append_tiles
+def dying(f, arrays):
+    real(f, arrays)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+tile_split.append_tiles = dying
+run_tiling(load_config(opts={opts!r}), {str(frames)!r}, {str(out)!r}, progress=False)
+""")
+    left = sorted(tmp_path.glob(".t_*.tmp.h5"))
+    assert len(left) == 2 and out.exists() and not (tmp_path / "t_train.h5").exists()
+    caplog.set_level(logging.INFO)
+    paths = run_tiling(load_config(opts=opts), frames, out, progress=False)
+    assert not any(p.exists() for p in left) and caplog.text.count("left by an interrupted run") == 2
+    assert "reusing it" in caplog.text  # pass 1 was complete before the kill
+    with h5py.File(paths["train"], "r") as f:
+        assert f.attrs["complete"] and f["data"].shape[0] > 0
+
+
+@pytest.mark.slow
+def test_kill_9_during_checkpoint_write_then_resume(tmp_path, caplog) -> None:
+    out = tmp_path / "run"
+    _run_and_kill(f"""
+import os, signal, torch
+from torch.utils.data import DataLoader, TensorDataset
+from pcna_seg.config import load_config
+from pcna_seg.unet import train
+def dying_save(obj, path):
+    with open(path, "wb") as fh:
+        fh.write(b"half a checkpoint")
+    os.kill(os.getpid(), signal.SIGKILL)
+train.torch.save = dying_save
+t = torch.randint(0, 3, (8, 16, 16), generator=torch.Generator().manual_seed(0))
+x = torch.stack([(t > 0).float(), (t == 2).float()], 1)
+ds = TensorDataset(x, t)
+cfg = load_config(opts={["OUTPUT_DIR", str(out), *TRAIN_OPTS, "UNET.SOLVER.EPOCHS", "1"]!r})
+train.train_unet(cfg, loaders=(DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8)))
+""")
+    left = sorted(out.glob(".*.tmp.pth"))
+    assert len(left) == 1 and not (out / "last_checkpoint.pth").exists()
+    caplog.set_level(logging.INFO)
+    summary = train_unet(_train_cfg(out), loaders=_loaders(), resume=True)
+    assert summary["epochs"] == 1 and not left[0].exists()
+    assert "left by an interrupted run" in caplog.text and "starting from scratch" in caplog.text
+    assert torch.load(out / "last_checkpoint.pth", weights_only=True)["epoch"] == 1
