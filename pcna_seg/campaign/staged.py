@@ -10,9 +10,15 @@ A campaign file is an ordinary config whose ``CAMPAIGN`` node lists stage config
 
 Stage ``k`` writes to ``OUTPUT_DIR/<k>_<stage file stem>`` and, with ``CHAIN_WEIGHTS``,
 starts from stage ``k-1``'s ``model_final.pth`` (class-specific layers are re-initialised by
-the weight loader when the class count changes). A re-run skips finished stages (their
-``model_final.pth`` exists) and resumes a stage that has checkpoints, so a killed campaign
-continues without lost or repeated work.
+the weight loader when the class count changes).
+
+Each stage folder carries ``stage_fingerprint.json`` (see :mod:`.fingerprint`), written when
+the stage starts. A re-run compares it with what the campaign would run now: unchanged and
+finished → skipped; unchanged and unfinished → resumed (a killed campaign loses no work);
+changed (config keys, the weights it starts from, a dataset file) → the stage is *stale* and
+the campaign stops before training anything, naming the stage and what changed, unless
+``overwrite``: then stale stages are retrained (``run_train_net(..., overwrite=True)``: built
+aside, swapped in when done), and so is every stage that starts from a retrained one.
 """
 
 from __future__ import annotations
@@ -26,9 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcna_seg.campaign.fingerprint import (
+    FINGERPRINT,
+    describe_changes,
+    read_fingerprint,
+    stage_fingerprint,
+    write_fingerprint,
+)
 from pcna_seg.config import load_config
 from pcna_seg.errors import ConfigError
-from pcna_seg.utils_io import atomic_path, write_json_atomic, write_text_atomic
+from pcna_seg.utils_io import atomic_path, is_leftover, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 FINAL = "model_final.pth"
@@ -48,6 +61,12 @@ class Stage:
     def final_weights(self) -> Path:
         return self.output_dir / FINAL
 
+    @property
+    def start_weights(self) -> str:
+        """The MODEL.WEIGHTS this stage starts from (last one among its overrides), or ""."""
+        idx = [i for i, t in enumerate(self.opts[:-1]) if t == "MODEL.WEIGHTS"]
+        return self.opts[idx[-1] + 1] if idx else ""
+
     def status(self) -> str:
         """ "done" (final weights exist), "partial" (checkpoints exist) or "todo"."""
         if self.final_weights.is_file():
@@ -55,6 +74,66 @@ class Stage:
         if (self.output_dir / "last_checkpoint").is_file():
             return "partial"
         return "todo"
+
+    def has_output(self) -> bool:
+        """True when the stage folder holds anything (leftovers of killed runs aside)."""
+        return self.output_dir.is_dir() and any(not is_leftover(p) for p in self.output_dir.iterdir())
+
+
+@dataclass
+class Decision:
+    """What a run does with a stage: ``skip``, ``resume``, ``train`` (new), ``retrain`` or
+    ``stale`` (changed, and no ``overwrite``); ``reason`` says why."""
+
+    action: str
+    reason: str
+
+
+def decide_stage(stage: Stage, upstream: str, overwrite: bool) -> Decision:
+    """Compare the stage's saved fingerprint with the current one (see the module docstring).
+
+    ``upstream`` is non-empty when the weights this stage starts from are (re)made by this run
+    (it says by which stage), which makes a stage with output stale whatever its fingerprint.
+    """
+    if not stage.has_output():
+        return Decision("train", "new stage")
+    saved = read_fingerprint(stage.output_dir)
+    if saved is None:
+        changes = [f"its folder holds output but no {FINGERPRINT} saying what made it"]
+    else:
+        changes = describe_changes(saved, stage_fingerprint(stage.config_file, stage.opts))
+    if upstream:
+        changes = [c for c in changes if not c.startswith("the weights it starts from")] + [upstream]
+    if not changes:
+        done = stage.status() == "done"
+        return Decision("skip" if done else "resume", "unchanged: " + ("skipping" if done else "resuming"))
+    return Decision("retrain" if overwrite else "stale", "; ".join(changes))
+
+
+def plan_decisions(stages: list[Stage], overwrite: bool, strict: bool = True) -> list[Decision]:
+    """A decision per stage, in order, before anything trains; with ``strict``, ConfigError for
+    stale stages (no ``overwrite``), naming the first, what changed, and the way out."""
+    remade: dict[str, Stage] = {}  # final weights this run (re)makes → the stage making them
+    decisions = []
+    for st in stages:
+        up = remade.get(st.start_weights)
+        upstream = (
+            f"it starts from stage {up.index} ({up.name})'s weights, which this run retrains" if up else ""
+        )
+        d = decide_stage(st, upstream, overwrite)
+        if d.action != "skip":
+            remade[str(st.final_weights)] = st
+        decisions.append(d)
+    stale = [(st, d) for st, d in zip(stages, decisions) if d.action == "stale"]
+    if stale and strict:
+        st, d = stale[0]
+        also = ", ".join(f"{s.index} ({s.name})" for s, _ in stale[1:])
+        raise ConfigError(
+            f"Stage {st.index} ({st.name}) in {st.output_dir} is stale: {d.reason}"
+            + (f" (also stale: stage {also})" if also else "")
+            + "; pass --overwrite to retrain it and the stages after it"
+        )
+    return decisions
 
 
 def plan_campaign(campaign_file: str | os.PathLike, opts: list[str] | None = None) -> tuple[Any, list[Stage]]:
@@ -204,42 +283,53 @@ def plot_campaign(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
 
 
 def run_campaign(
-    campaign_file: str | os.PathLike, opts: list[str] | None = None, dry_run: bool = False
+    campaign_file: str | os.PathLike,
+    opts: list[str] | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run (or, for the PBS executor / ``dry_run``, only plan) every stage in order.
 
-    Returns the summary also written to ``OUTPUT_DIR/campaign_summary.json``.
+    Stages are skipped, resumed, trained or (``overwrite``) retrained as their fingerprints
+    say (module docstring); a stale stage without ``overwrite`` is a ConfigError raised before
+    any stage trains. Returns the summary also written to ``OUTPUT_DIR/campaign_summary.json``
+    (per stage: ``was`` = status found, ``action``, ``reason``, ``metrics``).
     """
     from pcna_seg.engine.trainer import run_train_net
 
     ccfg, stages = plan_campaign(campaign_file, opts)
+    if ccfg.CAMPAIGN.EXECUTOR == "pbs":
+        dry_run = True
+    decisions = plan_decisions(stages, overwrite, strict=not dry_run)
     root = Path(ccfg.OUTPUT_DIR)
     summary: dict[str, Any] = {"campaign": ccfg.CAMPAIGN.NAME or Path(campaign_file).stem, "stages": []}
     if ccfg.CAMPAIGN.EXECUTOR == "pbs":
         summary["pbs_submit"] = str(write_pbs_scripts(ccfg, stages))
         logger.info("PBS scripts written; submit with %s", summary["pbs_submit"])
         dry_run = True
-    for st in stages:
+    for st, decision in zip(stages, decisions):
         status = st.status()
         row: dict[str, Any] = {
             "index": st.index,
             "name": st.name,
             "output_dir": str(st.output_dir),
             "was": status,
+            "action": decision.action,
+            "reason": decision.reason,
         }
+        where = f"Stage {st.index}/{len(stages)} ({st.name})"
         if dry_run:
             row["command"] = f"tools/train_net.py --config-file {st.config_file} " + shlex.join(st.opts)
-        elif status == "done":
-            logger.info("Stage %d (%s) already finished: skipping", st.index, st.name)
-        else:
-            logger.info(
-                "Stage %d/%d (%s)%s",
-                st.index,
-                len(stages),
-                st.name,
-                " resuming" if status == "partial" else "",
-            )
-            run_train_net(str(st.config_file), st.opts, resume=status == "partial")
+        elif decision.action == "skip":
+            logger.info("%s %s", where, decision.reason)
+        elif decision.action == "retrain":
+            logger.info("%s changed (%s): retraining it (--overwrite)", where, decision.reason)
+            run_train_net(str(st.config_file), st.opts, overwrite=True)
+            write_fingerprint(st.output_dir, stage_fingerprint(st.config_file, st.opts))
+        else:  # new, or unchanged and unfinished: the fingerprint first, so a kill can be resumed
+            logger.info("%s %s", where, "new: training" if decision.action == "train" else decision.reason)
+            write_fingerprint(st.output_dir, stage_fingerprint(st.config_file, st.opts))
+            run_train_net(str(st.config_file), st.opts, resume=True)
         results = _stage_results(st)
         row["metrics"] = {ds: _headline(r) for ds, r in results.items()}
         summary["stages"].append(row)
