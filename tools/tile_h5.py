@@ -8,8 +8,8 @@
 README). Pass 1 writes every tile to OUT (resumable: re-run the same command after a kill);
 pass 2 writes OUT_STEM_train.h5 / OUT_STEM_val.h5 (tiles with more than one class, split by well).
 A rerun reuses outputs made from the same settings and unchanged frames/labels and refuses ones
-of another job (saying what changed) unless --overwrite; new files replace old ones only when
-complete.
+of another job (saying what changed) unless --overwrite, which rebuilds them; new files replace
+old ones only when complete.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="rebuild OUT and its train/val files (old ones kept until the new are complete)",
+        help="rebuild outputs made by another job (old ones kept until the new are complete)",
     )
     p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)

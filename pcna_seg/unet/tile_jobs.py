@@ -9,9 +9,10 @@ Every tile file records the job that made it: the dataset ``job`` (JSON text) an
   "val_fraction", "seed", "multiclass_only"}``.
 
 :func:`check_reuse` is the one decision for an existing output: a complete file with the same
-fingerprint is reused (logged); any other existing file is refused with the reason (which
-setting or which input file changed) unless ``--overwrite``, in which case the new file is built
-beside it and replaces it only when complete.
+fingerprint is reused (logged, with or without ``--overwrite``: a rebuild would give the same
+file); any other existing file is refused with the reason (which setting or which input file
+changed) unless ``--overwrite``, in which case the new file is built beside it and replaces it
+only when complete.
 """
 
 from __future__ import annotations
@@ -186,16 +187,16 @@ def check_reuse(
 ) -> bool:
     """Decide about an existing output ``path`` for ``job``; logs the decision and why.
 
-    True: ``path`` is complete and was made by exactly ``job`` (reuse it). False: it must be
-    built (missing, or ``overwrite``: build beside it and replace it when complete).
-    OutputExistsError otherwise, naming the file, what changed, and ``--overwrite``.
+    True: ``path`` is complete and was made by exactly ``job``: reuse it (also with
+    ``overwrite``: rebuilding would give the same file). False: it must be built (missing, or
+    another job's with ``overwrite``: build beside it, replace it only when complete; an
+    unreadable file counts as another job's). OutputExistsError otherwise, naming the file,
+    what changed, and ``--overwrite``.
     """
     path = Path(path)
     if not path.exists():
-        return False
-    if overwrite:
         if log:
-            logger.info("%s exists; --overwrite: the new file replaces it only when complete", path)
+            logger.info("%s does not exist yet; building it", path)
         return False
     want = fingerprint(job)
     try:
@@ -204,6 +205,10 @@ def check_reuse(
             same = job_fingerprint(f) == want
             old = None if same else read_job(f)
     except OSError as exc:
+        if overwrite:
+            if log:
+                logger.info("%s is unreadable (%s); --overwrite: building a new one", path, exc)
+            return False
         raise OutputExistsError(
             f"{what} {path} exists but is unreadable ({exc}); "
             "pass --overwrite to replace it or choose another output"
@@ -214,6 +219,12 @@ def check_reuse(
             made = f"{n} unchanged input files" if n else "the same source file"
             logger.info("%s is complete and was made from the same settings and %s; reusing it", path, made)
         return True
+    if overwrite:
+        if log:
+            reason = "it is incomplete" if same else explain_change(old, job)
+            logger.info("%s is from another job (%s); --overwrite: the new file replaces it when complete",
+                        path, reason)  # fmt: skip
+        return False
     reason = "it is incomplete" if same else explain_change(old, job)
     raise OutputExistsError(
         f"{what} {path} is from another job: {reason}; "

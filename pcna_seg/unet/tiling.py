@@ -383,7 +383,7 @@ def tile_to_h5(
 
     An existing complete ``out`` made by the same job (settings and the size/mtime of every
     input file) is reused; one of another job is refused with the reason
-    (:func:`~pcna_seg.unet.tile_jobs.check_reuse`) unless ``overwrite``. Either way the new file
+    (:func:`~pcna_seg.unet.tile_jobs.check_reuse`) unless ``overwrite``. A new file
     is built as ``<stem>.partial.h5`` after a header check of every input and replaces ``out``
     only when complete, so a failed job leaves the earlier file as it was. Leftovers of killed
     runs in ``out``'s folder are removed first (logged). ``workers`` processes (spawn) tile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -141,6 +142,13 @@ def test_split_reuse_refusal_and_failed_overwrite(frames: Path, tmp_path: Path, 
         split_training(paths["tiles"], 0.5, 0, progress=False, overwrite=True)
     assert {k: _digest(p) for k, p in paths.items()} == digests  # old pair intact
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    monkeypatch.undo()
+    # --overwrite rebuilds only what another job made: the unchanged pass-1 file is kept
+    new = run_tiling(cfg2, frames, tmp_path / "t.h5", overwrite=True, progress=False)
+    assert _digest(new["tiles"]) == digests["tiles"]
+    assert _digest(new["train"]) != digests["train"]
+    with h5py.File(new["train"], "r") as f:
+        assert f.attrs["complete"] and json.loads(f["job"][()])["val_fraction"] == 0.5
 
 
 def test_leftovers_of_killed_runs_are_removed(frames: Path, tmp_path: Path, caplog) -> None:
