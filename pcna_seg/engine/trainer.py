@@ -449,6 +449,10 @@ def run_train_net(
         )
         with place as folder:
             synchronize()  # the folder is ready before any process reads or writes in it
+            if mode == "replace":
+                logger.info(
+                    "--overwrite: building the new run in %s; it replaces %s when training ends", folder, out
+                )
             handler = setup_output(cfg, folder)
             try:
                 return Trainer(cfg, resume=resume, output_dir=folder).train()

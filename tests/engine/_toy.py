@@ -3,6 +3,7 @@ mapper, an in-memory dataset, and a tiny real Mask R-CNN config."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,14 @@ class ToyDetector(nn.Module):
     """conv → BN → pooled linear; losses regress the number of instances of each image.
 
     ``nan_at``: from this forward call on (0-based, training only), the losses are NaN.
+    ``dropout`` > 0: dropout on the pooled features and loss weights drawn from python's and
+    numpy's global RNGs, so every global random stream shapes the weights (as the RPN/ROI
+    samplers of a real Mask R-CNN do).
     """
 
-    def __init__(self, nan_at: int | None = None) -> None:
+    def __init__(self, nan_at: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.bn = nn.BatchNorm2d(4)
         self.head = nn.Linear(4, 1)
@@ -32,7 +37,10 @@ class ToyDetector(nn.Module):
         self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
     ) -> Any:
         x = torch.stack(images)
-        pred = self.head(self.bn(self.conv(x)).mean(dim=(2, 3)))[:, 0]
+        feat = self.bn(self.conv(x)).mean(dim=(2, 3))
+        if self.dropout:
+            feat = nn.functional.dropout(feat, self.dropout, self.training)
+        pred = self.head(feat)[:, 0]
         if not self.training:
             empty = {
                 "boxes": torch.zeros(0, 4),
@@ -43,6 +51,8 @@ class ToyDetector(nn.Module):
         assert targets is not None
         n = torch.tensor([float(len(t["boxes"])) for t in targets])
         losses = {"loss_count": ((pred - n) ** 2).mean(), "loss_l1": 0.1 * pred.abs().mean()}
+        if self.dropout:
+            losses["loss_l1"] = losses["loss_l1"] * (1.0 + random.random() + float(np.random.rand()))
         if self.nan_at is not None and self.calls >= self.nan_at:
             losses["loss_count"] = losses["loss_count"] * float("nan")
         self.calls += 1
@@ -134,3 +144,48 @@ def tiny_maskrcnn_cfg(out: Path, num_classes: int = 1) -> Any:
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.OUTPUT_DIR = str(out)
     return cfg
+
+
+class Stop(Exception):
+    """Raised by :class:`StopAt`: stands for a run killed at the start of an iteration."""
+
+
+class StopAt:
+    """A hook that raises :class:`Stop` before iteration ``it`` (imported lazily: a HookBase)."""
+
+    def __new__(cls, it: int) -> Any:
+        from pcna_seg.engine.hooks import HookBase
+
+        class _StopAt(HookBase):
+            def before_step(self) -> None:
+                if self.trainer.iter == it:
+                    raise Stop
+
+        return _StopAt()
+
+
+def ddp_exact_main(base: str, phase: str) -> None:
+    """DDP worker for the exact-resume test (toy model with dropout, 6 iterations, 4 images).
+
+    ``phase`` "first": train ``full`` uninterrupted, then ``split`` stopped before iteration 4
+    (last checkpoint after iteration 2); "resume": resume ``split``. Dumps this rank's parameters.
+    """
+    from pcna_seg.engine.launch import get_rank
+    from pcna_seg.engine.trainer import Trainer
+
+    register_toy()
+    runs = [("full", None, False), ("split", 4, False)] if phase == "first" else [("split", None, True)]
+    for name, stop, resume in runs:
+        torch.manual_seed(get_rank())
+        cfg = toy_cfg(Path(base) / name, MAX_ITER=6)
+        cfg.SOLVER.IMS_PER_BATCH = 4
+        hooks = [StopAt(stop)] if stop is not None else []
+        trainer = Trainer(
+            cfg, model=ToyDetector(dropout=0.5), train_mapper=toy_mapper, resume=resume, extra_hooks=hooks
+        )
+        try:
+            trainer.train()
+        except Stop:
+            continue
+        params = {k: v.detach().clone() for k, v in trainer.model.module.named_parameters()}
+        torch.save(params, Path(base) / f"{name}_rank{get_rank()}.pt")

@@ -72,3 +72,33 @@ def test_corrupt_and_missing_files_are_weights_errors(tmp_path: Path) -> None:
         ck.read_checkpoint(bad)
     with pytest.raises(WeightsError, match="not found"):
         ck.read_checkpoint(tmp_path / "missing.pth")
+
+
+def test_resume_never_silently_starts_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """last_checkpoint naming a missing/corrupt file → the newest readable checkpoint (logged);
+    checkpoints that all fail to read → WeightsError naming them; no checkpoint → a new run."""
+    c = _checkpointer(tmp_path)
+    for it in (2, 5, 8):
+        c.save(f"model_{it:07d}", it)
+    (tmp_path / "model_0000008.pth").unlink()  # last_checkpoint names a file that is gone
+    with caplog.at_level("WARNING"):
+        assert _checkpointer(tmp_path).resume_or_load("", resume=True) == 6
+    assert "model_0000005.pth" in caplog.text and "model_0000008.pth" in caplog.text
+    (tmp_path / "model_0000005.pth").write_bytes(b"truncated")  # the newest remaining one is corrupt
+    (tmp_path / "last_checkpoint").write_text("model_0000005.pth")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert _checkpointer(tmp_path).resume_or_load("", resume=True) == 3
+    assert "cannot be read" in caplog.text and "model_0000002.pth" in caplog.text
+    (tmp_path / "model_0000002.pth").write_bytes(b"")
+    (tmp_path / "last_checkpoint").unlink()
+    with pytest.raises(
+        WeightsError, match=r"no checkpoint there can be read \(model_0000005.pth, model_0000002"
+    ):
+        _checkpointer(tmp_path).resume_or_load("", resume=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "last_checkpoint").write_text("model_final.pth")  # names a file that never got written
+    with caplog.at_level("INFO"):
+        assert _checkpointer(empty).resume_or_load("", resume=True) == 0
+    assert "starting a new run" in caplog.text

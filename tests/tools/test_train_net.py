@@ -1,4 +1,5 @@
-"""tools/train_net.py: bad input ends with exit code 1 and one 'error:' line, no traceback."""
+"""tools/train_net.py: bad input ends with exit code 1 and one 'error:' line, no traceback; the
+output-folder rule (--resume / --overwrite); --eval-only refuses weights that do not fit."""
 
 from __future__ import annotations
 
@@ -113,6 +114,93 @@ def test_gpu_out_of_memory_suggests_keys(capsys, data_root: Path, tmp_path: Path
 
 def test_bad_override_key(capsys, data_root: Path, tmp_path: Path) -> None:
     _fails(capsys, _argv(data_root, tmp_path, "SOLVER.BASE_RL", "0.1"), "SOLVER.BASE_LR")
+
+
+def test_refused_before_anything_is_written(capsys, data_root: Path, tmp_path: Path) -> None:
+    """OUTPUT_DIR a file or under a file, a value that can only be a mistake: one line, exit 1."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    _fails(capsys, _argv(data_root, tmp_path, "OUTPUT_DIR", str(afile)), str(afile))
+    _fails(capsys, _argv(data_root, tmp_path, "OUTPUT_DIR", str(afile / "sub")), str(afile))
+    _fails(capsys, _argv(data_root, tmp_path, "SOLVER.MAX_ITER", "-5"), "SOLVER.MAX_ITER must be in [1, inf)")
+    assert not (tmp_path / "out").exists() and afile.read_text() == "not a folder"
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+@pytest.mark.slow
+def test_output_folder_rule(capsys, caplog, data_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """Non-empty OUTPUT_DIR: refused without a flag (nothing touched); --overwrite builds the
+    new run aside (a failing one leaves the old run intact, a finished one replaces it whole
+    and its config names the final folder); --resume continues and removes a killed run's
+    hidden leftovers with a log line."""
+    import yaml
+
+    from pcna_seg.engine import trainer
+
+    out = tmp_path / "out"
+    argv = _argv(data_root, tmp_path, "DATASETS.TEST", "()")  # no evaluation: faster, same rule
+    _tool().main(argv)
+    old = _listing(out)
+    line = _fails(capsys, argv, "--overwrite")
+    assert str(out) in line and "--resume" in line and _listing(out) == old
+
+    real_train = trainer.Trainer.train
+
+    def failing(self):
+        raise trainer.PcnaSegError("boom")
+
+    monkeypatch.setattr(trainer.Trainer, "train", failing)
+    _fails(capsys, [*argv, "--overwrite"], "boom")
+    assert _listing(out) == old and not list(tmp_path.glob(".out.*"))  # old run intact, no staging left
+    monkeypatch.setattr(trainer.Trainer, "train", real_train)
+
+    (out / "model_0000099.pth").write_bytes(b"stale")
+    _tool().main([*argv, "--overwrite", "SOLVER.MAX_ITER", "2"])
+    assert not (out / "model_0000099.pth").exists() and not list(tmp_path.glob(".out.*"))
+    assert yaml.safe_load((out / "config.yaml").read_text())["OUTPUT_DIR"] == str(out)
+    stored = yaml.safe_load(torch.load(out / "model_final.pth", weights_only=True)["config"])
+    assert stored["OUTPUT_DIR"] == str(out)
+    assert [json.loads(ln)["iteration"] for ln in (out / "metrics.json").read_text().splitlines()] == [0, 1]
+
+    leftover = out / ".model_0000002.k3x9.tmp.pth"  # what a kill -9 during a save leaves
+    leftover.write_bytes(b"half a checkpoint")
+    with caplog.at_level("INFO"):
+        _tool().main([*argv, "--resume", "SOLVER.MAX_ITER", "3"])
+    assert not leftover.exists() and "left by an interrupted run" in caplog.text
+    assert "Resumed from" in caplog.text
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 2
+
+
+def test_eval_only_strict_weights_and_eval_folder_rule(capsys, data_root: Path, tmp_path: Path) -> None:
+    """--eval-only refuses a checkpoint of another class count (names parameter and shapes);
+    an existing eval/<dataset>/ needs --overwrite and is then replaced as a whole."""
+    from pcna_seg.config import load_config
+    from pcna_seg.modeling import build_model
+
+    def weights(num_classes: int) -> Path:
+        cfg = load_config(CFG, ["MODEL.ROI_HEADS.NUM_CLASSES", str(num_classes), "MODEL.DEVICE", "cpu"])
+        torch.manual_seed(0)
+        path = tmp_path / f"model_{num_classes}cls.pth"
+        torch.save({"model": build_model(cfg).state_dict(), "iteration": 0}, path)
+        return path
+
+    argv = ["--eval-only", *_argv(data_root, tmp_path)]
+    line = _fails(capsys, [*argv, "MODEL.WEIGHTS", str(weights(1))], "roi_heads.box_predictor.cls_score")
+    assert "[2, " in line and "[4, " in line and "model_1cls.pth" in line  # both shapes (K+1 rows)
+    assert not (tmp_path / "out").exists()
+    good = [*argv, "MODEL.WEIGHTS", str(weights(3))]
+    _tool().main(good)
+    ev = tmp_path / "out/eval/pcna_stage3_val"
+    assert {"results.json", "config.yaml"} <= {p.name for p in ev.iterdir()}
+    assert not (tmp_path / "out/config.yaml").exists()  # eval-only never rewrites a run's config
+    (ev / "note.txt").write_text("from an older evaluation")
+    line = _fails(capsys, good, "--overwrite")
+    assert str(ev) in line and (ev / "note.txt").exists()
+    _tool().main([*good, "--overwrite"])
+    assert not (ev / "note.txt").exists() and (ev / "results.json").is_file()
 
 
 @pytest.mark.slow
