@@ -102,3 +102,21 @@ def test_resume_never_silently_starts_over(tmp_path: Path, caplog: pytest.LogCap
     with caplog.at_level("INFO"):
         assert _checkpointer(empty).resume_or_load("", resume=True) == 0
     assert "starting a new run" in caplog.text
+
+
+def test_strict_loading_refuses_what_would_not_come_from_the_file(tmp_path: Path) -> None:
+    """load_model_weights(strict=True) (evaluation): a parameter missing from the file or of
+    another shape is a WeightsError naming it and the shapes; nothing is copied."""
+    torch.manual_seed(0)
+    src = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    partial = tmp_path / "partial.pth"
+    torch.save({"model": {"0.weight": src[0].weight, "0.bias": src[0].bias}}, partial)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    before = model[0].weight.detach().clone()
+    with pytest.raises(
+        WeightsError, match=r"parameter 1\.weight is not in the file \(the model expects shape \[1, 2\]\)"
+    ):
+        ck.load_model_weights(model, partial, strict=True)
+    assert torch.equal(model[0].weight, before)
+    ck.load_model_weights(model, partial)  # fine-tuning: the missing layer keeps its init
+    assert torch.equal(model[0].weight, src[0].weight)
