@@ -18,6 +18,7 @@ from pcna_seg.data.coco_io import load_coco
 from pcna_seg.data.converters import get_converter
 from pcna_seg.data.synthetic import WRITERS, get_writer
 from pcna_seg.data.visualize import contact_sheet
+from pcna_seg.utils_io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ def prepare_all_formats(out: Path, seed: int = 0) -> list[dict[str, Any]]:
         options = PCNA_SIZE if fmt == PCNA_FORMAT else {}
         gt = get_writer(fmt)(raw, seed=seed, **options)
         src = raw
-        card = get_converter(fmt)(src, prepared, seed=seed, progress=False, **CONVERT_OPTIONS.get(fmt, {}))
+        card = get_converter(fmt)(
+            src, prepared, seed=seed, progress=False, overwrite=True, **CONVERT_OPTIONS.get(fmt, {})
+        )
         records, meta = load_coco(prepared / "annotations.json")
         n_gt = sum(len(img.classes) for img in gt.images)
         n_conv = sum(len(r["annotations"]) for r in records)
@@ -100,7 +103,9 @@ def predict_validation(out: Path) -> dict[str, Any]:
     opts = ["MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC", "True", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"]
     cfg = load_predict_config(weights, None, opts)
     frames = find_inputs(str(out / "datasets" / PCNA_FORMAT / "val.json"), None)
-    writer = run_prediction(Predictor(cfg, weights), frames, out / "predictions", progress=False)
+    writer = run_prediction(
+        Predictor(cfg, weights), frames, out / "predictions", progress=False, overwrite=True
+    )
     print("\nPredicted phases on the held-out frames (tools/predict_net.py does the same on your movies):")
     print(writer.count_table())
     val_records, meta = load_coco(out / "datasets" / PCNA_FORMAT / "val.json")
@@ -114,7 +119,13 @@ def predict_validation(out: Path) -> dict[str, Any]:
 
 
 def run_demo(out: Path, train: bool = True, seed: int = 0, opts: list[str] | None = None) -> dict[str, Any]:
-    """Run the demo into ``out``; returns a summary dict (also written as summary.json)."""
+    """Run the demo into ``out``; returns a summary dict (also written as summary.json).
+
+    ``out`` belongs to the demo: a second run replaces each step's earlier result as a whole
+    (every step is deterministic, so the numbers are the same), never mixing old and new files.
+    """
+    if out.is_dir() and any(out.iterdir()):
+        print(f"{out} holds an earlier demo run: each step replaces its own earlier output")
     out.mkdir(parents=True, exist_ok=True)
     rows = prepare_all_formats(out, seed)
     print("\nSynthetic data in every on-disk format → converters → COCO:")
@@ -138,8 +149,8 @@ def run_demo(out: Path, train: bool = True, seed: int = 0, opts: list[str] | Non
             str(out / "train_stage3"),
             *DEMO_SCHEDULE,
         ] + list(opts or [])
-        run_train_net(DEMO_CONFIG, overrides)
+        run_train_net(DEMO_CONFIG, overrides, overwrite=True)
         summary["training"] = report_training(out / "train_stage3")
         summary["prediction"] = predict_validation(out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json_atomic(out / "summary.json", summary, indent=2, default=str)
     return summary

@@ -66,11 +66,13 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically and return the path."""
+def write_json_atomic(
+    path: str | os.PathLike, obj: Any, indent: int | None = None, default: Any = None
+) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically and return the path (``default`` as in json.dump)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=indent)
+            json.dump(obj, fh, indent=indent, default=default)
     return Path(path)
 
 
