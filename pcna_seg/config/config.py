@@ -233,6 +233,36 @@ def _flatten(value: Any) -> Any:
             yield v
 
 
+def check_scale_keys(cfg: CN) -> None:
+    """INPUT.SCALE.MODE is known, and MIN/MAX_SIZE_* (short_edge keys) are not set in another mode."""
+    from pcna_seg.config.defaults import get_default_config
+    from pcna_seg.data.scale import MODES, SHORT_EDGE_KEYS
+
+    mode = cfg.INPUT.SCALE.MODE
+    if mode not in MODES:
+        raise ConfigError(f"INPUT.SCALE.MODE must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "short_edge":
+        return
+    default = get_default_config().INPUT
+    for key in SHORT_EDGE_KEYS:
+        value, base = cfg.INPUT[key], default[key]
+        if (list(value) if isinstance(value, (list, tuple)) else value) != (
+            list(base) if isinstance(base, (list, tuple)) else base
+        ):
+            raise ConfigError(
+                f"INPUT.{key} is set ({cfg.INPUT[key]}) but applies only with INPUT.SCALE.MODE short_edge "
+                f"(the mode is {mode}: images are scaled by INPUT.SCALE.FACTOR / DIAMETER); "
+                "remove it or set INPUT.SCALE.MODE short_edge"
+            )
+    if mode == "object_size" and not cfg.INPUT.SCALE.DIAMETER > 0:
+        raise ConfigError(
+            "INPUT.SCALE.MODE object_size needs INPUT.SCALE.DIAMETER > 0 (nucleus diameter, model px)"
+        )
+    jitter = list(cfg.INPUT.SCALE.TRAIN_JITTER)
+    if len(jitter) != 2 or jitter[0] > jitter[1]:
+        raise ConfigError(f"INPUT.SCALE.TRAIN_JITTER must be (lo, hi) with lo <= hi, got {tuple(jitter)}")
+
+
 def validate_config(cfg: CN) -> None:
     """Value ranges (:func:`check_value_ranges`) and cross-key checks that single keys cannot make."""
     check_value_ranges(cfg)
@@ -244,6 +274,7 @@ def validate_config(cfg: CN) -> None:
             raise ConfigError(
                 f"MODEL.{key} has {len(cfg.MODEL[key])} values but INPUT.CHANNELS has {n_ch} channels"
             )
+    check_scale_keys(cfg)
     if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING not in ("choice", "range"):
         raise ConfigError("INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range'")
     if cfg.INPUT.CROP.TYPE not in ("relative", "relative_range", "absolute"):

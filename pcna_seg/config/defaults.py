@@ -88,7 +88,17 @@ _C.INPUT.OTSU = CN()
 _C.INPUT.OTSU.SOURCE = "pcna"  # channel the mask is computed from ("gray" for single-channel)
 _C.INPUT.OTSU.SIGMA = 2.0  # Gaussian smoothing before thresholding, pixels
 _C.INPUT.OTSU.OFFSET = 0.1  # threshold = otsu - OFFSET on the [0, 1] scale (lowered Otsu)
-_C.INPUT.MIN_SIZE_TRAIN = (800,)  # shortest-edge sizes for training
+# Pixel scale (pcna_seg/data/scale.py): one factor for train and test, whole images and tiles.
+_C.INPUT.SCALE = CN()
+_C.INPUT.SCALE.MODE = "fixed"  # "fixed" (FACTOR), "object_size" (DIAMETER) or "short_edge" (MIN_SIZE_*)
+_C.INPUT.SCALE.FACTOR = 1.0  # fixed: model pixels per image pixel (1.0 = native pixels)
+_C.INPUT.SCALE.DIAMETER = 0.0  # object_size: median nucleus diameter the model sees, model pixels
+_C.INPUT.SCALE.TEST_DIAMETER = 0.0  # object_size at test time: the inputs' nucleus diameter (0 = estimate)
+_C.INPUT.SCALE.TRAIN_JITTER = (1.0, 1.0)  # training factor multiplied by U(lo, hi); (1, 1) = none
+_C.INPUT.SCALE.MIN_OBJECT_PX = 4.0  # a median nucleus smaller than this at model scale is an error
+_C.INPUT.SCALE.MAX_PIXELS = 64000000  # largest model input (H x W) predicted in one piece
+# short_edge only (detectron2's resize; the seed report's stage configs use it):
+_C.INPUT.MIN_SIZE_TRAIN = (640, 672, 704, 736, 768, 800)  # shortest-edge sizes for training
 _C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"  # "choice" or "range"
 _C.INPUT.MAX_SIZE_TRAIN = 1333
 _C.INPUT.MIN_SIZE_TEST = 800  # 0 disables test-time resizing
@@ -283,6 +293,12 @@ VALUE_RANGES: dict[str, str] = {
     "INPUT.SATURATION.HIGH": "[0, 100]",
     "INPUT.SATURATION.GAMMA": "(0, inf)",
     "INPUT.OTSU.SIGMA": "[0, inf)",
+    "INPUT.SCALE.FACTOR": "(0, inf)",
+    "INPUT.SCALE.DIAMETER": "[0, inf)",
+    "INPUT.SCALE.TEST_DIAMETER": "[0, inf)",
+    "INPUT.SCALE.TRAIN_JITTER": "(0, inf)",
+    "INPUT.SCALE.MIN_OBJECT_PX": "[0, inf)",
+    "INPUT.SCALE.MAX_PIXELS": "[0, inf)",
     "INPUT.MIN_SIZE_TRAIN": "[1, inf)",
     "INPUT.MAX_SIZE_TRAIN": "[1, inf)",
     "INPUT.MIN_SIZE_TEST": "[0, inf)",

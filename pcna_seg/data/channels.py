@@ -33,8 +33,34 @@ from pcna_seg.errors import ConfigError, DataError
 
 GRAY = "gray"
 OTSU = "otsu_mask"
+
+
+@dataclass(frozen=True)
+class ChannelRole:
+    """What a channel name stands for: ``role`` is ``fluorescence`` (an intensity that may be
+    jittered and percentile-stretched), ``transmitted`` (DIC / phase contrast: never jittered) or
+    ``derived`` (computed from another channel); ``file_tag`` marks its files in the in-house
+    movie layout (``<movie>_mcy.tif``, ``<movie>_dic.tif``)."""
+
+    name: str
+    role: str
+    file_tag: str = ""
+
+
+#: the one description of the known channels; any other name is a fluorescence channel
+CHANNEL_ROLES: dict[str, ChannelRole] = {
+    GRAY: ChannelRole(GRAY, "fluorescence"),
+    "pcna": ChannelRole("pcna", "fluorescence", "mcy"),
+    "dic": ChannelRole("dic", "transmitted", "dic"),
+    OTSU: ChannelRole(OTSU, "derived"),
+}
 #: names that are never fluorescence intensities (never jittered)
-NON_FLUORESCENCE = ("dic", OTSU)
+NON_FLUORESCENCE = tuple(n for n, r in CHANNEL_ROLES.items() if r.role != "fluorescence")
+
+
+def channel_role(name: str) -> str:
+    """The role of channel ``name`` (see :class:`ChannelRole`)."""
+    return CHANNEL_ROLES[name].role if name in CHANNEL_ROLES else "fluorescence"
 
 
 def available_channels(record: dict[str, Any]) -> list[str]:
@@ -117,14 +143,32 @@ class Normalization:
 
 
 class ChannelLoader:
-    """Reads and normalises the channels of one record, each file at most once."""
+    """Reads and normalises the channels of one input, each source at most once.
 
-    def __init__(self, record: dict[str, Any], norm: Normalization = Normalization()) -> None:
+    The input is a record (channels are files: ``file_name`` for ``gray``, ``channels[name]``
+    otherwise) or, with :meth:`from_arrays`, channels already in memory ``{name: (H, W)}``.
+    """
+
+    def __init__(
+        self,
+        record: dict[str, Any],
+        norm: Normalization = Normalization(),
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.record = record
         self.norm = norm
+        self.arrays = arrays
         self.otsu_source = resolve_otsu_source(record, norm.otsu_source)
         self._raw: dict[str, np.ndarray] = {}
         self._norm: dict[tuple[str, float], np.ndarray] = {}
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], norm: Normalization = Normalization(), source: str = "<arrays>"
+    ) -> ChannelLoader:
+        """Channels from memory; ``source`` names the input in error messages."""
+        record = {"file_name": source, "channels": {k: k for k in arrays if k != GRAY}}
+        return cls(record, norm, arrays=dict(arrays))
 
     def _path(self, name: str) -> str:
         if name == GRAY:
@@ -137,19 +181,31 @@ class ChannelLoader:
             )
         return str(chans[name])
 
+    def _read(self, name: str) -> tuple[np.ndarray, str]:
+        """(pixels as stored, a label for messages) of channel ``name``."""
+        if self.arrays is None:
+            path = self._path(name)
+            return read_image(path), path
+        source = str(self.record["file_name"])
+        if name not in self.arrays:
+            raise DataError(
+                f"Input {source} has no channel {name!r} (INPUT.CHANNELS); "
+                f"it has: {', '.join(sorted(self.arrays)) or 'none'}"
+            )
+        return np.asarray(self.arrays[name]), f"{source} ({name})"
+
     def raw(self, name: str) -> np.ndarray:
         """(H, W) grey pixels of channel ``name`` as stored (dtype kept)."""
         if name not in self._raw:
-            path = self._path(name)
-            arr = read_image(path)
-            check_pixels(arr, path)
+            arr, where = self._read(name)
+            check_pixels(arr, where)
             arr = to_gray(arr)
             if arr.ndim != 2:
-                raise DataError(f"Channel {name!r} of {self.record.get('file_name')} is not 2-D: {arr.shape}")
+                raise DataError(f"Channel {name!r} of {where} is not 2-D: {arr.shape}")
             h, w = self.record.get("height"), self.record.get("width")
             if h is not None and w is not None and arr.shape != (int(h), int(w)):
                 raise DataError(
-                    f"Channel {name!r} file {path} has size {arr.shape}, but the record says "
+                    f"Channel {name!r} file {where} has size {arr.shape}, but the record says "
                     f"height={h}, width={w}"
                 )
             self._raw[name] = arr
@@ -172,17 +228,25 @@ class ChannelLoader:
 
 
 def build_input(
-    record: dict[str, Any], recipe: Sequence[str], norm: Normalization | None = None, **overrides: Any
+    record: dict[str, Any] | ChannelLoader,
+    recipe: Sequence[str],
+    norm: Normalization | None = None,
+    **overrides: Any,
 ) -> np.ndarray:
     """Build the (H, W, C) float32 input for ``record`` following ``recipe`` (C = len(recipe)).
 
+    ``record`` may also be a ready :class:`ChannelLoader` (e.g. :meth:`ChannelLoader.from_arrays`).
     ``norm`` (default :class:`Normalization`'s defaults) with ``overrides`` of its fields
     (``sat_low=``, ``otsu_source=``, ...). All channels must have the same size; DataError
-    names the record and the channel otherwise.
+    names the input and the channel otherwise.
     """
     if not recipe:
         raise DataError("INPUT.CHANNELS is empty; name at least one channel")
-    loader = ChannelLoader(record, replace(norm or Normalization(), **overrides))
+    if isinstance(record, ChannelLoader):
+        loader = record
+    else:
+        loader = ChannelLoader(record, replace(norm or Normalization(), **overrides))
+    name0 = loader.record.get("file_name")
     cache: dict[str, np.ndarray] = {}
     planes = []
     for name in recipe:
@@ -191,7 +255,7 @@ def build_input(
         plane = cache[name]
         if planes and plane.shape != planes[0].shape:
             raise DataError(
-                f"Channel {name!r} of {record.get('file_name')} has size {plane.shape}, "
+                f"Channel {name!r} of {name0} has size {plane.shape}, "
                 f"channel {recipe[0]!r} has {planes[0].shape}"
             )
         planes.append(plane)

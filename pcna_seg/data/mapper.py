@@ -1,10 +1,11 @@
 """DatasetMapper: one record (DESIGN.md format) → the tensors the Mask R-CNN model takes.
 
-Steps: build the (H, W, C) input from the channel recipe with percentile normalisation on the
-full image (:mod:`pcna_seg.data.channels`) → (train) shortest-edge resize, crop, flips, 90°
+Steps: the channels and pixel scale of the one input pipeline
+(:class:`~pcna_seg.data.pipeline.InputPipeline`: recipe, percentile normalisation on the full
+image, ``INPUT.SCALE``) → (train) scale with optional jitter, crop at model scale, flips, 90°
 rotations, intensity jitter on fluorescence channels (:mod:`pcna_seg.data.transforms`) /
-(test) resize to MIN_SIZE_TEST only → decode instance masks at the output size, boxes derived
-from the masks, instances emptied by the crop dropped.
+(test) the test-time scale only → instance masks at the output size, boxes derived from the
+masks, instances emptied by the crop dropped.
 
 Randomness: the mapper owns a ``numpy.random.Generator``. Inside a DataLoader worker it is
 re-seeded once from ``torch.utils.data.get_worker_info().seed`` so workers never repeat each
@@ -21,7 +22,9 @@ import numpy as np
 import torch
 
 from pcna_seg.data import transforms as T
-from pcna_seg.data.channels import NON_FLUORESCENCE, OTSU, Normalization, build_input
+from pcna_seg.data.channels import NON_FLUORESCENCE, Normalization
+from pcna_seg.data.pipeline import InputPipeline
+from pcna_seg.data.scale import ScalePolicy, record_areas
 from pcna_seg.data.structures import segmentation_to_mask
 from pcna_seg.errors import ConfigError, DataError
 
@@ -36,6 +39,9 @@ class DatasetMapper:
     "labels": int64 (N,) 1-based (category_id + 1), "masks": uint8 (N, H, W)}``; ``height``
     and ``width`` are the ORIGINAL image size (for rescaling predictions in evaluation).
     Crowd annotations (``iscrowd=1``) are skipped. Blank images give N = 0.
+
+    ``scale`` is the pixel-scale policy; without one, the legacy ``min_size_*`` / ``max_size_*``
+    arguments make a short-edge policy (their defaults keep the native size).
     """
 
     def __init__(
@@ -60,16 +66,20 @@ class DatasetMapper:
         intensity_channels: Sequence[str] = ("pcna", "gray"),
         num_classes: int | None = None,
         seed: int | None = None,
+        scale: ScalePolicy | None = None,
     ) -> None:
         self.is_train = bool(is_train)
-        self.channels = [str(c) for c in channels]
-        if not self.channels:
-            raise ConfigError("INPUT.CHANNELS is empty; name at least one channel")
-        self.norm = (norm or Normalization()).check()
-        self.min_size_train = [int(s) for s in min_size_train]
-        self.min_size_sampling = min_size_sampling
-        self.max_size_train = int(max_size_train)
-        self.min_size_test, self.max_size_test = int(min_size_test), int(max_size_test)
+        if scale is None:
+            scale = ScalePolicy(
+                mode="short_edge",
+                min_size_train=tuple(int(s) for s in min_size_train),
+                min_size_sampling=min_size_sampling,
+                max_size_train=int(max_size_train),
+                min_size_test=int(min_size_test),
+                max_size_test=int(max_size_test),
+            )
+        self.pipeline = InputPipeline(channels, norm or Normalization(), scale)
+        self.channels, self.norm, self.scale = self.pipeline.channels, self.pipeline.norm, self.pipeline.scale
         self.crop_enabled, self.crop_type = bool(crop_enabled), crop_type
         self.crop_size = [float(s) for s in crop_size]
         if self.crop_enabled and crop_type not in T.CROP_TYPES:
@@ -87,14 +97,19 @@ class DatasetMapper:
         )
         self.intensity_channels = [str(c) for c in intensity_channels]
         self.num_classes = num_classes
-        self.binary_channels = [i for i, c in enumerate(self.channels) if c == OTSU]
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self._worker_seed: int | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any, is_train: bool, seed: int | None = None) -> DatasetMapper:
-        """Build from a config's ``INPUT.*`` keys (and MODEL.ROI_HEADS.NUM_CLASSES)."""
+    def from_config(
+        cls, cfg: Any, is_train: bool, seed: int | None = None, train_diameter: float = 0.0
+    ) -> DatasetMapper:
+        """Build from a config's ``INPUT.*`` keys (and MODEL.ROI_HEADS.NUM_CLASSES).
+
+        ``train_diameter``: the training set's median nucleus diameter (native px), the
+        object_size fallback for images without instances.
+        """
         inp = cfg.INPUT
         if seed is None and int(getattr(cfg, "SEED", -1)) >= 0:
             seed = int(cfg.SEED)
@@ -102,11 +117,7 @@ class DatasetMapper:
             is_train=is_train,
             channels=list(inp.CHANNELS),
             norm=Normalization.from_config(cfg),
-            min_size_train=list(inp.MIN_SIZE_TRAIN),
-            min_size_sampling=inp.MIN_SIZE_TRAIN_SAMPLING,
-            max_size_train=inp.MAX_SIZE_TRAIN,
-            min_size_test=inp.MIN_SIZE_TEST,
-            max_size_test=inp.MAX_SIZE_TEST,
+            scale=ScalePolicy.from_config(cfg, train_diameter=train_diameter),
             crop_enabled=inp.CROP.ENABLED,
             crop_type=inp.CROP.TYPE,
             crop_size=list(inp.CROP.SIZE),
@@ -145,19 +156,18 @@ class DatasetMapper:
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
         """Map one record; see the class docstring for the output layout."""
         file_name = str(record.get("file_name", ""))
-        image = build_input(record, self.channels, self.norm)
+        loader = self.pipeline.record_loader(record)
+        image = self.pipeline.native(loader)
         h0, w0 = image.shape[:2]
         rng = self._generator() if self.is_train else None
 
-        # plan resize + crop
+        # plan scale + crop
         if self.is_train:
-            new_h, new_w = T.sample_resize_shape(
-                h0, w0, self.min_size_train, self.min_size_sampling, self.max_size_train, rng
-            )
+            areas = record_areas(record) if self.scale.mode == "object_size" else np.zeros(0)
+            new_h, new_w = self.scale.train_factor(h0, w0, areas, rng)
         else:
-            sizes = [self.min_size_test] if self.min_size_test > 0 else []
-            new_h, new_w = T.sample_resize_shape(h0, w0, sizes, "choice", self.max_size_test, None)
-        image = T.resize_image(image, (new_h, new_w), self.binary_channels)
+            new_h, new_w = self.scale.test_factor(h0, w0, self.pipeline.test_diameter(loader))
+        image = self.pipeline.to_model(image, (new_h, new_w))
         y0, x0, ch, cw = 0, 0, new_h, new_w
         if self.is_train and self.crop_enabled:
             y0, x0, ch, cw = T.sample_crop(new_h, new_w, self.crop_type, self.crop_size, rng, file_name)

@@ -129,6 +129,26 @@ def rle_areas(rles: list[RLE]) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
+def annotation_area(ann: dict[str, Any], height: int, width: int) -> float:
+    """Pixel area of one annotation: from its RLE or polygons (pycocotools), without decoding."""
+    segm = ann.get("segmentation")
+    if isinstance(segm, dict):
+        rle = segm
+        if isinstance(rle.get("counts"), list):
+            rle = mask_utils.frPyObjects(rle, *rle["size"])
+        elif isinstance(rle.get("counts"), str):
+            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+        return float(mask_utils.area(rle))
+    if isinstance(segm, list) and segm:
+        polys = [list(map(float, p)) for p in segm if len(p) >= 6]
+        return (
+            float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(polys, height, width))))
+            if polys
+            else 0.0
+        )
+    return float(ann.get("area", 0.0))
+
+
 def bbox_slices(mask: np.ndarray) -> tuple[slice, slice]:
     """(row slice, column slice) of the tight box of a (H, W) bool mask; empty → 0×0 at (0, 0)."""
     ys = np.flatnonzero(np.any(mask, axis=1))

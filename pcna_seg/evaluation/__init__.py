@@ -1,11 +1,11 @@
-"""Evaluation: COCO bbox/segm AP with pycocotools, phase confusion, and PNG reports."""
+"""Evaluation: COCO bbox/segm AP with pycocotools, cell-level metrics, phase confusion, PNG reports."""
 
 from pcna_seg.evaluation.coco_eval import (
     COCOEvaluator,
     evaluate_predictions,
     inference_on_dataset,
-    instances_to_coco,
     phase_confusion,
+    prediction_to_coco,
 )
 from pcna_seg.evaluation.report import plot_confusion, plot_training_curves
 
@@ -13,7 +13,7 @@ __all__ = [
     "COCOEvaluator",
     "evaluate_predictions",
     "inference_on_dataset",
-    "instances_to_coco",
+    "prediction_to_coco",
     "phase_confusion",
     "plot_confusion",
     "plot_training_curves",

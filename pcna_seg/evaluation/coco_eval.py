@@ -1,8 +1,9 @@
 """COCO bbox/segm evaluation with pycocotools, against the dataset's own COCO JSON.
 
-Predictions come from the model in the *input* frame (the mapper may have resized the image);
-they are rescaled to the original image size (record ``height``/``width``), masks are pasted
-with bilinear interpolation and thresholded at 0.5, then RLE-encoded. Metrics are fractions in
+Predictions come from the model in the *input* frame (at model scale); the one postprocess
+(:func:`pcna_seg.modeling.postprocess.to_prediction`) maps them to the original image size
+(record ``height``/``width``), each mask pasted into its own box crop, and the crops are
+RLE-encoded. Model classes map to dataset categories by name. Metrics are fractions in
 [0, 1] (AP, AP50, AP75, APs, APm, APl, AR, and ``AP-<class>``), computed from
 ``COCOeval.eval["precision"]`` at the *largest* ``TEST.MAX_DETS`` (COCOeval.summarize assumes
 maxDets = 100, which undercounts dense nuclei).
@@ -33,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -70,60 +70,48 @@ def load_coco_gt(json_file: str | os.PathLike) -> COCO:
     return coco
 
 
-def instances_to_coco(
-    output: dict[str, torch.Tensor],
-    image_id: Any,
-    orig_hw: tuple[int, int],
-    input_hw: tuple[int, int],
-    cat_ids: Sequence[int],
-) -> list[dict[str, Any]]:
-    """One image's model output → COCO result dicts in the original image frame.
+def prediction_to_coco(pred: Any, image_id: Any, cat_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """A :class:`~pcna_seg.modeling.instances.Prediction` → COCO result dicts (RLE from crops).
 
-    ``output``: boxes (N, 4) XYXY in the input frame, labels (N,) 1-based, scores (N,),
-    optional masks (N, 1, h, w) probabilities and class_probs (N, K+1).
+    ``cat_ids[k]`` is the dataset category id of the prediction's class ``k``.
     """
-    boxes = output["boxes"].detach().float().cpu().clone()
-    n = len(boxes)
-    if n == 0:
-        return []
-    (H, W), (h, w) = orig_hw, input_hw
-    boxes[:, 0::2] *= W / w
-    boxes[:, 1::2] *= H / h
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, W)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, H)
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    scores = output["scores"].detach().float().cpu().tolist()
-    labels = output["labels"].detach().cpu().tolist()
-    probs = output.get("class_probs")
-    probs = probs.detach().float().cpu().numpy().round(4).tolist() if probs is not None else None
-    rles: list[dict[str, Any] | None] = [None] * n
-    masks = output.get("masks")
-    if masks is not None and len(masks):
-        for s in range(0, n, 64):  # paste in chunks to bound memory for dense images
-            chunk = masks[s : s + 64].detach().float().cpu()
-            if chunk.dim() == 3:
-                chunk = chunk[:, None]
-            if tuple(chunk.shape[-2:]) != (H, W):
-                chunk = F.interpolate(chunk, size=(H, W), mode="bilinear", align_corners=False)
-            binary = (chunk[:, 0] > 0.5).numpy().astype(np.uint8)
-            encoded = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-            for j, rle in enumerate(encoded):
-                rle["counts"] = rle["counts"].decode("ascii")
-                rles[s + j] = rle
+    from pcna_seg.data.rle_csv import crop_to_rle
+
+    H, W = pred.image_size
     out = []
-    for i in range(n):
-        res: dict[str, Any] = {
-            "image_id": image_id,
-            "category_id": int(cat_ids[int(labels[i]) - 1]),
-            "bbox": [round(v, 2) for v in xywh[i]],
-            "score": float(scores[i]),
-        }
-        if rles[i] is not None:
-            res["segmentation"] = rles[i]
-        if probs is not None:
-            res["class_probs"] = probs[i]
-        out.append(res)
+    probs = np.asarray(pred.probs_with_bg, np.float32).round(4).tolist()
+    for i in range(len(pred)):
+        y0, x0 = (int(v) for v in pred.mask_offsets[i])
+        rle = crop_to_rle(pred.mask_crops[i], y0, x0, H, W)
+        rle["counts"] = rle["counts"].decode("ascii")
+        x_a, y_a, x_b, y_b = (float(v) for v in pred.boxes[i])
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": int(cat_ids[int(pred.labels[i])]),
+                "bbox": [round(x_a, 2), round(y_a, 2), round(x_b - x_a, 2), round(y_b - y_a, 2)],
+                "score": float(pred.scores[i]),
+                "segmentation": rle,
+                "class_probs": probs[i],
+            }
+        )
     return out
+
+
+def category_ids_by_name(model_names: Sequence[str], coco_gt: COCO, dataset: str) -> list[int]:
+    """Dataset category id of each model class, matched by NAME (never by position).
+
+    DataError naming both lists when a model class is not a category of the dataset.
+    """
+    by_name = {c["name"]: int(c["id"]) for c in coco_gt.dataset["categories"]}
+    missing = [n for n in model_names if n not in by_name]
+    if missing:
+        raise DataError(
+            f"The model's classes {list(model_names)} are not the categories of {dataset} "
+            f"({sorted(by_name, key=by_name.get)}): {missing} missing; evaluate on data with the "
+            "model's classes"
+        )
+    return [by_name[n] for n in model_names]
 
 
 def summarize(coco_eval: COCOeval, class_names: Sequence[str]) -> dict[str, float]:
@@ -331,6 +319,7 @@ class COCOEvaluator:
         tasks: Sequence[str] = ("bbox", "segm"),
         confusion_iou: float = 0.5,
         confusion_score: float = 0.5,
+        model_class_names: Sequence[str] | None = None,
     ) -> None:
         meta = get_metadata(dataset_name, root or None)
         if "json_file" not in meta:
@@ -343,6 +332,7 @@ class COCOEvaluator:
         self.max_dets = list(max_dets)
         self.tasks = list(tasks)
         self.confusion_iou, self.confusion_score = confusion_iou, confusion_score
+        self.model_class_names = list(model_class_names) if model_class_names else None
         self._coco: COCO | None = None
         self.reset()
 
@@ -356,14 +346,25 @@ class COCOEvaluator:
         self._results: list[dict[str, Any]] = []
         self._img_ids: list[Any] = []
 
+    def dataset_class_names(self) -> list[str]:
+        return [c["name"] for c in sorted(self.coco_gt.dataset["categories"], key=lambda c: c["id"])]
+
     def process(self, inputs: list[dict[str, Any]], outputs: list[dict[str, torch.Tensor]]) -> None:
-        """``inputs``: mapper dicts (``image`` (C, h, w), ``image_id``, original ``height``/``width``)."""
-        cat_ids = sorted(self.coco_gt.getCatIds())
+        """``inputs``: mapper dicts (``image`` (C, h, w), ``image_id``, original ``height``/``width``).
+
+        Model classes map to the dataset's categories by name (``model_class_names``; when not
+        given, the model is taken to predict the dataset's own classes in their order).
+        """
+        from pcna_seg.modeling.postprocess import to_prediction
+
+        names = self.model_class_names or self.dataset_class_names()
+        cat_ids = category_ids_by_name(names, self.coco_gt, self.dataset_name)
         for inp, out in zip(inputs, outputs):
             hw_in = tuple(inp["image"].shape[-2:])
             orig = (int(inp.get("height", hw_in[0])), int(inp.get("width", hw_in[1])))
             self._img_ids.append(inp["image_id"])
-            self._results.extend(instances_to_coco(out, inp["image_id"], orig, hw_in, cat_ids))
+            pred = to_prediction(out, hw_in, orig, names)
+            self._results.extend(prediction_to_coco(pred, inp["image_id"], cat_ids))
 
     def evaluate(self) -> dict[str, Any]:
         gathered = all_gather((self._img_ids, self._results))
@@ -425,6 +426,8 @@ def inference_on_dataset(
     from tqdm import tqdm
 
     evaluator.reset()
+    if evaluator.model_class_names is None and getattr(model, "class_names", None):
+        evaluator.model_class_names = list(model.class_names)
     was_training = model.training
     model.eval()
     device = torch.device(device)

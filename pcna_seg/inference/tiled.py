@@ -15,12 +15,14 @@ predicted on its own, its instances are shifted back into the field, and:
    the window that saw it whole.
 
 Objects are seen whole by some window when ``overlap`` is at least the largest object diameter
-(in original pixels); choose it so.
+(in model pixels; the native diameter times ``INPUT.SCALE.FACTOR``); choose it so.
 
 With a :class:`~pcna_seg.inference.predictor.Predictor`, channels are normalised (percentiles,
-Otsu mask) once on the WHOLE field, and windows of the normalised planes are predicted, so
-tiles share one intensity scale. Any other callable ``(channels) -> Prediction`` gets windows of
-the raw channel arrays (that is how the tests check the logic without a model).
+Otsu mask) once on the WHOLE field and the field is brought to the model's pixel scale once;
+windows of those planes are predicted without any further resize, so tiles share one
+intensity scale and one nucleus size (tile and overlap are in model pixels). Any other
+callable ``(channels) -> Prediction`` gets windows of the raw channel arrays (that is how the
+tests check the logic without a model).
 """
 
 from __future__ import annotations
@@ -140,21 +142,30 @@ def predict_tiled(
 ) -> Prediction:
     """Predict a field of any size window by window; one merged Prediction at the field's size.
 
-    ``channels``: raw {name: (H, W)} arrays (all the same size). ``tile``/``overlap`` in
-    original pixels. A field no larger than one tile is predicted in one call, exactly as
-    without tiling.
+    ``channels``: raw {name: (H, W)} arrays (all the same size). With a :class:`Predictor`, the
+    whole field is normalised and brought to the model's pixel scale ONCE, windows of ``tile``
+    model pixels (``overlap`` model pixels) are predicted at that scale, merged, and the result
+    is mapped back to the field's pixels: a nucleus has the same size in every tile, in an
+    untiled prediction and in training. A field no larger than one tile is predicted in one call.
     """
     if isinstance(predictor, Predictor):
-        planes, fn = predictor.normalize(channels), predictor.predict_planes
+        native = predictor.normalize(channels)
+        field = predictor.to_model_scale(native, predictor.input_diameter(channels))
+        image = field.image.numpy()
+        planes = {name: image[i] for i, name in enumerate(predictor.recipe)}
+        fn: PredictFn = predictor.predict_model_planes
+        orig_hw = field.orig_hw
     else:
         planes, fn = dict(channels), predictor
+        orig_hw = None
     shapes = {np.asarray(a).shape[:2] for a in planes.values()}
     if len(shapes) != 1:
         raise DataError(f"Channels differ in size: {sorted(shapes)}")
     height, width = shapes.pop()
     windows = tile_windows(height, width, tile, overlap)
     if len(windows) == 1:
-        return fn(planes)
+        merged = fn(planes)
+        return merged if orig_hw is None else merged.rescaled(orig_hw)
     parts, cuts = [], []
     for win in windows:
         crop = {k: v[win.y0 : win.y1, win.x0 : win.x1] for k, v in planes.items()}
@@ -179,4 +190,5 @@ def predict_tiled(
         len(merged),
         len(keep),
     )
-    return merged.select(keep)
+    out = merged.select(keep)
+    return out if orig_hw is None else out.rescaled(orig_hw)

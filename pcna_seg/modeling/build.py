@@ -62,18 +62,27 @@ def resolve_device(cfg: Any) -> torch.device:
 
 
 class NoResizeTransform(GeneralizedRCNNTransform):
-    """Normalises by pixel mean/std and pads to a multiple of 32; never resizes."""
+    """Normalises by pixel mean/std and pads to a multiple of 32; never resizes.
+
+    Its postprocess leaves boxes in the input frame and masks as the mask head's (N, 1, M, M)
+    box-frame probabilities: :func:`pcna_seg.modeling.postprocess.to_prediction` pastes them into
+    box crops of the original image (bounded memory), instead of torchvision's N × H × W paste.
+    """
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):  # noqa: D102
         return image, target
+
+    def postprocess(self, result, image_shapes, original_image_sizes):  # noqa: D102
+        return result
 
 
 class PcnaMaskRCNN(GeneralizedRCNN):
     """torchvision Mask R-CNN (same parameter names as ``maskrcnn_resnet50_fpn``).
 
     Train: ``model(images, targets) -> dict`` of losses. Eval: ``model(images) -> list`` of
-    ``{"boxes" (N, 4) XYXY, "labels" int64 1-based, "scores", "masks" (N, 1, H, W) float,
-    "class_probs" (N, K + 1)}`` in each input image's pixel frame.
+    ``{"boxes" (N, 4) XYXY, "labels" int64 1-based, "scores", "masks" (N, 1, M, M) float mask
+    probabilities on each box, "class_probs" (N, K + 1)}`` in each input image's pixel frame;
+    :func:`pcna_seg.modeling.postprocess.to_prediction` maps them to the original image.
 
     Attributes: ``cfg_num_classes`` (K), ``class_names`` (set by the trainer, else None),
     ``input_channels`` (recipe names).

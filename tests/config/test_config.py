@@ -26,7 +26,7 @@ def test_seed_blocks_verbatim(tmp_path):
         "SOLVER:\n  IMS_PER_BATCH: 2\n  BASE_LR: 0.01\n  WEIGHT_DECAY: 0.0001\n  WEIGHT_DECAY_NORM: 0.0\n"
         "  GAMMA: 0.1\n  STEPS: (1000,)\n"
         "MODEL:\n  ROI_HEADS:\n    BATCH_SIZE_PER_IMAGE: 256\n    NUM_CLASSES: 1\n"
-        "INPUT:\n  MIN_SIZE_TRAIN: 1000\n  MAX_SIZE_TRAIN: 1200\n"
+        "INPUT:\n  SCALE:\n    MODE: short_edge\n  MIN_SIZE_TRAIN: 1000\n  MAX_SIZE_TRAIN: 1200\n"
         "  MIN_SIZE_TRAIN_SAMPLING: 'choice'\n"
         "  CROP:\n    ENABLED: True\n    TYPE: 'relative'\n    SIZE: [0.9,0.9]\n",
     )

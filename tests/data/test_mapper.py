@@ -183,6 +183,9 @@ def test_category_outside_num_classes_and_from_config(tmp_path):
     cfg = get_default_config()
     cfg.INPUT.CHANNELS = RECIPE
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    native = DatasetMapper.from_config(cfg, is_train=False)  # default: fixed scale, factor 1
+    assert tuple(native(rec)["image"].shape[1:]) == (rec["height"], rec["width"])
+    cfg.INPUT.SCALE.MODE = "short_edge"
     cfg.INPUT.MIN_SIZE_TRAIN = (64,)
     cfg.INPUT.CROP.ENABLED = True
     mapper = DatasetMapper.from_config(cfg, is_train=True)

@@ -42,7 +42,7 @@ def _dataset(tmp_path: Path, name: str, n_images: int = 2, size: int = 64):
     return truth
 
 
-def _predict(masks, cats, shift: int = 0, scale: int = 1):
+def _predict(masks, cats, shift: int = 0, scale: int = 1, n_classes: int = 3):
     m = np.stack(masks).astype(np.float32)
     m = np.roll(m, shift, axis=2)
     if scale > 1:
@@ -52,19 +52,20 @@ def _predict(masks, cats, shift: int = 0, scale: int = 1):
         ys, xs = np.nonzero(mk)
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     n = len(masks)
-    probs = torch.full((n, 4), 0.05)
+    probs = torch.full((n, n_classes + 1), 0.05)
     probs[torch.arange(n), torch.tensor(cats) + 1] = 0.85
     return {
         "boxes": torch.tensor(boxes, dtype=torch.float32),
         "labels": torch.tensor(cats, dtype=torch.int64) + 1,
         "scores": torch.linspace(0.99, 0.9, n),
-        "masks": torch.from_numpy(m)[:, None],
+        "image_masks": torch.from_numpy(m)[:, None],  # pasted in the input frame
         "class_probs": probs,
     }
 
 
 def _run(ev: COCOEvaluator, truth, size: int = 64, **kw):
     scale = kw.get("scale", 1)
+    kw.setdefault("n_classes", len(ev.dataset_class_names()))
     for i, (masks, cats) in enumerate(truth):
         inp = {
             "image": torch.zeros(3, size * scale, size * scale),

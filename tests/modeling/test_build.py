@@ -61,7 +61,8 @@ def test_train_and_eval_forward_tiny_cpu():
         out = model([torch.rand(3, 100, 140)])[0]
     n = out["boxes"].shape[0]
     assert n > 0
-    assert out["masks"].shape == (n, 1, 100, 140)  # input frame: the transform never resizes
+    assert out["masks"].shape == (n, 1, 28, 28)  # box-frame probabilities, pasted by postprocess
+    assert (out["boxes"][:, 2] <= 140).all() and (out["boxes"][:, 3] <= 100).all()  # input frame
     assert out["class_probs"].shape == (n, 4)
     assert torch.allclose(out["class_probs"].sum(dim=1), torch.ones(n), atol=1e-5)
     assert torch.equal(out["class_probs"][:, 1:].argmax(dim=1) + 1, out["labels"])
