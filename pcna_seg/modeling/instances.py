@@ -38,7 +38,10 @@ class Prediction:
     - ``probs_with_bg``: float32 (N, K + 1) the classifier's raw softmax row, background in column 0;
     - ``mask_crops`` / ``mask_offsets``: each mask stored as a bool crop (h_i, w_i) of its own
       bounding box at (y0, x0) = ``mask_offsets[i]`` (int64 (N, 2)) so that a 2048 x 2048 field with
-      thousands of nuclei stays small; :attr:`masks` gives the dense (N, H, W) bool array.
+      thousands of nuclei stays small; :attr:`masks` gives the dense (N, H, W) bool array;
+    - ``mask_probs``: optional float16 (N, M, M), the mask head's probabilities on each box. When
+      present, :meth:`rescaled` pastes them again at the new size (so a tile predicted at model
+      scale gives the same masks as a whole image), instead of resampling the crops.
 
     Instances whose thresholded mask is empty are dropped when a Prediction is built.
     """
@@ -51,6 +54,7 @@ class Prediction:
     probs_with_bg: np.ndarray | None = None
     mask_crops: list[np.ndarray] = field(default_factory=list)
     mask_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    mask_probs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
@@ -86,6 +90,7 @@ class Prediction:
         labels: np.ndarray,
         probs_with_bg: np.ndarray | None,
         crops: Sequence[tuple[np.ndarray, int, int] | None],
+        mask_probs: np.ndarray | None = None,
     ) -> Prediction:
         """From per-instance ``(crop, y0, x0)`` (None = empty mask, dropped); sorted by score.
 
@@ -107,6 +112,7 @@ class Prediction:
             np.asarray(probs_with_bg, np.float32).reshape(n, len(class_names) + 1)[keep],
             [crops[i][0] for i in keep],
             np.asarray([crops[i][1:] for i in keep], np.int64).reshape(-1, 2),
+            None if mask_probs is None else np.asarray(mask_probs, np.float16)[keep],
         )
         return pred.select(np.argsort(-pred.scores, kind="stable"))
 
@@ -152,6 +158,7 @@ class Prediction:
             np.asarray(self.probs_with_bg)[idx],
             [self.mask_crops[i] for i in idx],
             self.mask_offsets[idx],
+            None if self.mask_probs is None else self.mask_probs[idx],
         )
 
     def shifted(self, dy: int, dx: int, image_size: tuple[int, int]) -> Prediction:
@@ -166,6 +173,7 @@ class Prediction:
             self.probs_with_bg,
             list(self.mask_crops),
             self.mask_offsets + np.asarray([dy, dx], np.int64),
+            self.mask_probs,
         )
 
     @staticmethod
@@ -174,6 +182,8 @@ class Prediction:
     ) -> Prediction:
         """All instances of ``preds`` (already in the frame of ``image_size``), sorted by score."""
         k1 = len(class_names) + 1
+        probs = [p.mask_probs for p in preds]
+        mask_probs = np.concatenate(probs) if probs and all(p is not None for p in probs) else None
         out = Prediction(
             image_size,
             list(class_names),
@@ -183,6 +193,7 @@ class Prediction:
             np.concatenate([np.asarray(p.probs_with_bg) for p in preds] or [np.zeros((0, k1), np.float32)]),
             [c for p in preds for c in p.mask_crops],
             np.concatenate([p.mask_offsets for p in preds] or [np.zeros((0, 2), np.int64)]),
+            mask_probs,
         )
         return out.select(np.argsort(-out.scores, kind="stable"))
 
@@ -204,24 +215,41 @@ class Prediction:
     def rescaled(self, image_size: tuple[int, int]) -> Prediction:
         """The same instances in a frame of ``image_size`` (H, W) covering the same field.
 
-        Boxes are scaled; each crop is resampled (bilinear on its 0/1 values, threshold 0.5)
-        into its scaled box. The identity when the size is unchanged.
+        Boxes are scaled. With ``mask_probs`` the masks are pasted again from them into the
+        scaled boxes (as :func:`~pcna_seg.modeling.postprocess.to_prediction` would have);
+        otherwise each crop is resampled (bilinear on its 0/1 values, threshold 0.5). The
+        identity when the size is unchanged.
         """
         H, W = int(image_size[0]), int(image_size[1])
         h0, w0 = self.image_size
         if (H, W) == (h0, w0):
             return self
         sy, sx = H / h0, W / w0
-        crops: list[tuple[np.ndarray, int, int] | None] = []
-        for (y, x), c in zip(self.mask_offsets.tolist(), self.mask_crops):
-            ya, yb = int(np.floor(y * sy)), min(H, int(np.ceil((y + c.shape[0]) * sy)))
-            xa, xb = int(np.floor(x * sx)), min(W, int(np.ceil((x + c.shape[1]) * sx)))
-            big = cv2.resize(
-                c.astype(np.float32), (max(xb - xa, 1), max(yb - ya, 1)), interpolation=cv2.INTER_LINEAR
-            )
-            found = _crop(big > 0.5)
-            crops.append(None if found is None else (found[0], found[1] + ya, found[2] + xa))
         boxes = self.boxes * np.asarray([sx, sy, sx, sy], np.float32)
+        if self.mask_probs is not None:
+            import torch
+
+            from pcna_seg.modeling.postprocess import paste_crops
+
+            crops = paste_crops(
+                torch.from_numpy(self.mask_probs.astype(np.float32)), torch.from_numpy(boxes), (H, W)
+            )
+        else:
+            crops = []
+            for (y, x), c in zip(self.mask_offsets.tolist(), self.mask_crops):
+                ya, yb = int(np.floor(y * sy)), min(H, int(np.ceil((y + c.shape[0]) * sy)))
+                xa, xb = int(np.floor(x * sx)), min(W, int(np.ceil((x + c.shape[1]) * sx)))
+                size = (max(xb - xa, 1), max(yb - ya, 1))
+                big = cv2.resize(c.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+                found = _crop(big > 0.5)
+                crops.append(None if found is None else (found[0], found[1] + ya, found[2] + xa))
         return Prediction.from_crops(
-            (H, W), self.class_names, boxes, self.scores, self.labels, self.probs_with_bg, crops
+            (H, W),
+            self.class_names,
+            boxes,
+            self.scores,
+            self.labels,
+            self.probs_with_bg,
+            crops,
+            self.mask_probs,
         )

@@ -82,5 +82,16 @@ def to_prediction(
         raise ConfigError("The model returns no masks; prediction needs MODEL.MASK_ON True")
     boxes[:, 0::2] = (boxes[:, 0::2] * (W / w)).clamp(0, W)
     boxes[:, 1::2] = (boxes[:, 1::2] * (H / h)).clamp(0, H)
-    crops = paste_crops(output["masks"].detach().cpu(), boxes, (H, W))
-    return Prediction.from_crops((H, W), class_names, boxes.numpy(), scores, labels, probs, crops)
+    mask_probs = output["masks"].detach().float().cpu()
+    mask_probs = mask_probs[:, 0] if mask_probs.dim() == 4 else mask_probs
+    crops = paste_crops(mask_probs, boxes, (H, W))
+    return Prediction.from_crops(
+        (H, W),
+        class_names,
+        boxes.numpy(),
+        scores,
+        labels,
+        probs,
+        crops,
+        mask_probs.numpy().astype(np.float16),
+    )
