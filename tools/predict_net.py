@@ -33,8 +33,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--input", required=True, help="PCNA movie folder, image folder/glob/file, or dataset")
     p.add_argument("--output", required=True, metavar="DIR", help="folder for label TIFFs, overlays, CSV")
-    p.add_argument("--tile", type=int, default=0, help="tile size in pixels for large fields (0 = no tiling)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (>= largest nucleus)")
+    p.add_argument(
+        "--tile", type=int, default=0, help="tile size in model pixels for large fields (0 = no tiling)"
+    )
+    p.add_argument(
+        "--overlap", type=int, default=64, help="tile overlap in model pixels (>= largest nucleus)"
+    )
+    p.add_argument(
+        "--diameter",
+        type=float,
+        default=None,
+        help="nucleus diameter of the inputs in pixels (INPUT.SCALE.MODE object_size models; default: "
+        "INPUT.SCALE.TEST_DIAMETER, else estimated per image)",
+    )
     p.add_argument(
         "--score-thresh",
         type=float,
@@ -66,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.overlap >= args.tile):
         raise ConfigError(f"Need --tile >= 0 and 0 <= --overlap < --tile, got {args.tile} and {args.overlap}")
+    if args.diameter is not None and not args.diameter > 0:
+        raise ConfigError(f"--diameter must be > 0 (nucleus diameter in pixels), got {args.diameter}")
     if not 0.0 <= args.score_thresh <= 1.0:
         raise ConfigError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     inp, out = Path(args.input).resolve(), Path(args.output).resolve()
@@ -78,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = [*nms, *args.opts, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.score_thresh)]
     cfg = load_predict_config(args.weights, args.config_file, opts)
     frames = find_inputs(args.input, cfg.DATASETS.ROOT or None)
-    predictor = Predictor(cfg, args.weights)
+    predictor = Predictor(cfg, args.weights, diameter=args.diameter or 0.0)
     writer = run_prediction(
         predictor,
         frames,

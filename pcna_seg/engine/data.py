@@ -181,6 +181,28 @@ def check_train_records(cfg: CfgNode, records: list[Record]) -> None:
     check_channels(cfg, records, names)
 
 
+def dataset_class_names(cfg: CfgNode, eval_only: bool = False) -> list[str]:
+    """The one class list of a run: every DATASETS.TRAIN entry must name the same classes in the
+    same order (category ids would silently mix otherwise) and every DATASETS.TEST entry the
+    same classes (in any order: evaluation maps them by name). ConfigError naming both lists."""
+    root = cfg.DATASETS.ROOT or None
+    train = [] if eval_only else list(cfg.DATASETS.TRAIN)
+    lists = {n: list(get_metadata(n, root).get("thing_classes") or []) for n in [*train, *cfg.DATASETS.TEST]}
+    if not lists:
+        return []
+    ref_name = train[0] if train else cfg.DATASETS.TEST[0]
+    ref = lists[ref_name]
+    for name, names in lists.items():
+        same = names == ref if name in train else sorted(names) == sorted(ref)
+        if not same:
+            where = "DATASETS.TRAIN" if name in train else "DATASETS.TEST"
+            raise ConfigError(
+                f"{where} dataset {name} has classes {names} but {ref_name} has {ref}; "
+                "every dataset of a run must name the same classes (training ones in the same order)"
+            )
+    return ref
+
+
 def check_channels(cfg: CfgNode, records: list[Record], names: str) -> None:
     """Every channel the recipe (INPUT.CHANNELS, INPUT.OTSU.SOURCE) names must exist in every record."""
     wanted = [c for c in cfg.INPUT.CHANNELS if c not in _BUILTIN_CHANNELS]

@@ -93,6 +93,7 @@ class PeriodicCheckpointer(HookBase):
         extra = {
             "seed": self.trainer.seed,
             "class_names": getattr(self.trainer, "class_names", []),
+            "scale": self.trainer.scale.as_dict() if getattr(self.trainer, "scale", None) else {},
             "storage": self.trainer.storage.state_dict(),
         }
         if it + 1 >= self.trainer.max_iter:

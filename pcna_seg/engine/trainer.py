@@ -28,6 +28,7 @@ from pcna_seg.engine.checkpoint import (
     Checkpointer,
     checkpoint_files,
     load_model_weights,
+    read_checkpoint,
     set_rng_state,
     unwrap,
 )
@@ -36,6 +37,7 @@ from pcna_seg.engine.data import (
     build_train_loader,
     check_train_records,
     clean_worker_error,
+    dataset_class_names,
     load_records,
 )
 from pcna_seg.engine.launch import (
@@ -54,8 +56,9 @@ from pcna_seg.utils_io import STAGING, check_output_folder, output_folder, write
 logger = logging.getLogger("pcna_seg.engine")
 
 OOM_HINT = (
-    "GPU out of memory{where}; lower SOLVER.IMS_PER_BATCH, INPUT.MIN_SIZE_TRAIN / INPUT.MAX_SIZE_TRAIN, "
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE or INPUT.CROP.SIZE (with INPUT.CROP.ENABLED True)"
+    "GPU out of memory{where}; lower SOLVER.IMS_PER_BATCH, INPUT.SCALE.FACTOR (INPUT.MIN_SIZE_TRAIN / "
+    "INPUT.MAX_SIZE_TRAIN with short_edge), MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE or INPUT.CROP.SIZE "
+    "(with INPUT.CROP.ENABLED True)"
 )
 
 
@@ -65,10 +68,25 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_mapper(cfg: CfgNode, is_train: bool) -> Any:
+def default_mapper(cfg: CfgNode, is_train: bool, train_diameter: float = 0.0) -> Any:
     from pcna_seg.data.mapper import DatasetMapper
 
-    return DatasetMapper.from_config(cfg, is_train=is_train)
+    return DatasetMapper.from_config(cfg, is_train=is_train, train_diameter=train_diameter)
+
+
+def training_scale(cfg: CfgNode, records: list[dict[str, Any]]) -> Any:
+    """The run's ScalePolicy with the training set's median nucleus diameter; checks it is usable."""
+    from pcna_seg.data.scale import ScalePolicy, dataset_diameter
+
+    scale = ScalePolicy.from_config(cfg, train_diameter=dataset_diameter(records))
+    scale.check_object_size(scale.train_diameter, f"DATASETS.TRAIN {', '.join(cfg.DATASETS.TRAIN)}")
+    logger.info(
+        "Pixel scale INPUT.SCALE.MODE %s: training nuclei have a median diameter of %.1f px, %s",
+        scale.mode,
+        scale.train_diameter,
+        f"{scale.model_diameter():.1f} px for the model" if scale.model_diameter() else "per image",
+    )
+    return scale
 
 
 def default_model(cfg: CfgNode) -> nn.Module:
@@ -125,10 +143,12 @@ class Trainer:
         check_train_records(cfg, records)
         if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
             records = [r for r in records if r.get("annotations")]
+        self.scale = training_scale(cfg, records)  # stored in every checkpoint ("scale")
+        if test_mapper is None:
+            self.test_mapper = default_mapper(cfg, False, self.scale.train_diameter)
         self.model = (model if model is not None else default_model(cfg)).to(self.device)
         self.model.train()
-        meta = get_metadata(cfg.DATASETS.TRAIN[0], cfg.DATASETS.ROOT or None)
-        self.class_names = list(meta.get("thing_classes") or [])
+        self.class_names = dataset_class_names(cfg)
         if hasattr(self.model, "class_names") and self.class_names:
             self.model.class_names = self.class_names
         self.optimizer = build_optimizer(cfg, self.model)
@@ -149,7 +169,9 @@ class Trainer:
         if get_world_size() > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        mapper = train_mapper if train_mapper is not None else default_mapper(cfg, True)
+        mapper = (
+            train_mapper if train_mapper is not None else default_mapper(cfg, True, self.scale.train_diameter)
+        )
         self.data_loader = build_train_loader(cfg, mapper, records, self.seed, self.start_iter)
         self.storage = EventStorage(self.start_iter)
         self.storage.load_state_dict(self.checkpointer.resumed.get("storage", {}))
@@ -404,10 +426,21 @@ def _evaluate(cfg: CfgNode, resume: bool, overwrite: bool) -> dict[str, Any]:
     weights = str(found[0]) if found else cfg.MODEL.WEIGHTS
     if not weights:
         raise ConfigError("--eval-only needs MODEL.WEIGHTS (a checkpoint path) or --resume with a checkpoint")
+    stored = read_checkpoint(weights)  # the model's classes and training scale travel in it
+    names = list(stored.get("class_names") or dataset_class_names(cfg, eval_only=True))
+    for name in cfg.DATASETS.TEST:
+        have = list(get_metadata(name, cfg.DATASETS.ROOT or None).get("thing_classes") or [])
+        if sorted(have) != sorted(names):
+            raise ConfigError(
+                f"Weights {weights} were trained on classes {names} but DATASETS.TEST dataset {name} has "
+                f"{have}; evaluate on data with the same classes"
+            )
     load_model_weights(model, weights, strict=True)
+    model.class_names = names
+    mapper = default_mapper(cfg, False, float((stored.get("scale") or {}).get("train_diameter", 0.0)))
     handler = setup_output(cfg, out)
     try:
-        return Trainer.test(cfg, model, output_dir=out, overwrite=overwrite, write_config=True)
+        return Trainer.test(cfg, model, mapper, output_dir=out, overwrite=overwrite, write_config=True)
     finally:
         _close_log(handler)
 
@@ -435,6 +468,7 @@ def run_train_net(
         )
     for name in [*cfg.DATASETS.TEST, *([] if eval_only else cfg.DATASETS.TRAIN)]:
         get_metadata(name, cfg.DATASETS.ROOT or None)  # unknown dataset: fail before OUTPUT_DIR is made
+    dataset_class_names(cfg, eval_only)  # one class list across datasets, checked before anything is written
     try:
         if eval_only:
             return _evaluate(cfg, resume, overwrite)

@@ -18,8 +18,7 @@ QUICK = str(ROOT / "configs/campaigns/quick_pcna_staged.yaml")
 TINY = [
     "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "1",
     "SOLVER.CHECKPOINT_PERIOD", "100",
-    "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(128,)",
-    "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+    "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0", "INPUT.SCALE.FACTOR", "0.5",
 ]  # fmt: skip
 
 

@@ -105,6 +105,7 @@ def test_gpu_out_of_memory_suggests_keys(capsys, data_root: Path, tmp_path: Path
     line = _fails(capsys, _argv(data_root, tmp_path), "out of memory")
     for key in (
         "SOLVER.IMS_PER_BATCH",
+        "INPUT.SCALE.FACTOR",
         "INPUT.MIN_SIZE_TRAIN",
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
         "INPUT.CROP.SIZE",
@@ -229,3 +230,43 @@ def test_subprocess_exit_code_and_train_eval(data_root: Path, tmp_path: Path) ->
     )
     res = json.loads((tmp_path / "ev/eval/pcna_stage3_val/results.json").read_text())
     assert {"bbox", "segm", "phase_confusion"} <= set(res)
+
+
+def _relabelled(root: Path, name: str, names: list[str]) -> None:
+    """A copy of pcna_stage3/train.json whose categories carry ``names`` (same ids)."""
+    data = json.loads((root / "pcna_stage3/train.json").read_text())
+    for cat, new in zip(sorted(data["categories"], key=lambda c: c["id"]), names):
+        cat["name"] = new
+    for img in data["images"]:
+        img["file_name"] = "../pcna_stage3/" + img["file_name"]
+        img["channels"] = {k: "../pcna_stage3/" + v for k, v in img.get("channels", {}).items()}
+    (root / name).mkdir(exist_ok=True)
+    (root / name / "train.json").write_text(json.dumps(data))
+
+
+def test_checkpoint_carries_scale_and_classes_and_class_lists_must_agree(
+    capsys, data_root: Path, tmp_path: Path
+) -> None:
+    _tool().main(_argv(data_root, tmp_path))
+    ck = torch.load(tmp_path / "out/model_final.pth", weights_only=True)
+    assert ck["class_names"] == ["G1/G2", "S", "M"]
+    assert ck["scale"]["mode"] == "fixed" and ck["scale"]["factor"] == 1.0
+    assert 5 < ck["scale"]["train_diameter"] < 40  # the synthetic nuclei's median diameter, native px
+    _relabelled(data_root, "swapped", ["S", "G1/G2", "M"])
+    _relabelled(data_root, "other", ["nucleus", "cell", "debris"])
+    two = "('pcna_stage3_train', 'swapped_train')"  # ids would silently mix G1/G2 with S
+    line = _fails(capsys, _argv(data_root, tmp_path / "b", "DATASETS.TRAIN", two), "same classes")
+    assert "swapped_train" in line and not (tmp_path / "b/out").exists()
+    weights = str(tmp_path / "out/model_final.pth")
+    _fails(
+        capsys,
+        _argv(data_root, tmp_path / "c", "DATASETS.TEST", "('other_train',)", "MODEL.WEIGHTS", weights)
+        + ["--eval-only"],
+        "were trained on classes",
+    )
+    # a test set with the same classes in another order is evaluated by name
+    _tool().main(
+        _argv(data_root, tmp_path / "d", "DATASETS.TEST", "('swapped_train',)", "MODEL.WEIGHTS", weights)
+        + ["--eval-only"]
+    )
+    assert (tmp_path / "d/out/eval/swapped_train/results.json").is_file()
