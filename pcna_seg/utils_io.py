@@ -161,11 +161,19 @@ def check_output_folder(
 
 @contextlib.contextmanager
 def output_folder(
-    path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False, can_resume: bool = False
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    can_resume: bool = False,
+    keep_partial: bool = False,
 ) -> Iterator[Path]:
     """Apply the output-folder rule to ``path`` and yield the folder to write into.
 
-    - missing or empty, or ``resume``: ``path`` itself (created), leftovers removed;
+    - missing or empty, or ``resume``: ``path`` itself (created), leftovers removed. When the
+      block fails, what it wrote into a new folder is removed again (nothing half-made is
+      left to be mistaken for a result), unless ``keep_partial`` (training: its checkpoints
+      are what ``--resume`` continues from);
     - non-empty and ``overwrite``: a fresh hidden staging folder ``.<name>.staging`` beside it;
       when the block ends without an exception the old folder is moved aside, the staging
       folder renamed to ``path`` and the old one deleted. On an exception the staging folder
@@ -180,9 +188,15 @@ def output_folder(
         shutil.rmtree(staging)
         logger.warning("Removed %s left by an interrupted --overwrite run", staging)
     if mode != "replace":
+        existed = path.is_dir()
         path.mkdir(parents=True, exist_ok=True)
         remove_leftovers(path)
-        yield path
+        try:
+            yield path
+        except BaseException:
+            if mode == "new" and not keep_partial:
+                _discard_new(path, keep_folder=existed)
+            raise
         return
     staging.mkdir()
     try:
@@ -191,6 +205,17 @@ def output_folder(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     replace_folder(staging, path)
+
+
+def _discard_new(path: Path, keep_folder: bool) -> None:
+    """Remove what a failed job wrote into the new output folder ``path``."""
+    with contextlib.suppress(OSError):
+        if not keep_folder:
+            shutil.rmtree(path)
+        else:
+            for p in path.iterdir():
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        logger.info("Removed the partial output in %s", path)
 
 
 def replace_folder(new: Path, path: Path) -> None:

@@ -163,3 +163,17 @@ def test_usage_errors_exit_1_with_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "invalid int value: 'two'" in err[0]
     assert isinstance(p, argparse.ArgumentParser)
+
+
+def test_failed_job_leaves_no_half_made_new_output(tmp_path):
+    out = tmp_path / "pred"
+    with pytest.raises(RuntimeError):
+        with output_folder(out) as d:
+            (d / "frame0_labels.tif").write_text("half")
+            raise RuntimeError("job failed")
+    assert not out.exists()  # nothing that could pass for a result
+    with pytest.raises(RuntimeError):
+        with output_folder(out, keep_partial=True) as d:  # training: checkpoints are resumable
+            (d / "model_0000099.pth").write_text("ckpt")
+            raise RuntimeError("killed")
+    assert (out / "model_0000099.pth").exists()

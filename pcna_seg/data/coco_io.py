@@ -15,20 +15,17 @@ in records and relative to the JSON's folder on disk.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pcna_seg.errors import DataError
-from pcna_seg.utils_io import check_output_folder, output_folder, write_json_atomic
+from pcna_seg.utils_io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -243,36 +240,3 @@ def write_prepared_dataset(
     card_dict["split"] = {k: len(v) for k, v in ids.items()} | {"by": split.get("by", "given")}
     paths["card"] = write_json_atomic(out / "dataset_card.json", card_dict, indent=2)
     return paths
-
-
-@contextlib.contextmanager
-def tool_output_folder(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """The output-folder rule (:func:`pcna_seg.utils_io.output_folder`) for a whole tool run.
-
-    Yields the folder to write into: ``path`` itself when it is missing or empty, the hidden
-    staging folder that replaces it at the end of the block with ``overwrite``; a non-empty
-    ``path`` without ``overwrite`` is :class:`~pcna_seg.errors.OutputExistsError`. A block
-    that fails leaves an existing output as it was (``overwrite``) and removes what it wrote
-    into a new folder, so a failed run never leaves a half-made output to be overwritten.
-    """
-    path = Path(path)
-    existed = path.is_dir()
-    mode = check_output_folder(path, overwrite=overwrite)
-    with output_folder(path, overwrite=overwrite) as target:
-        try:
-            yield target
-        except BaseException:
-            if mode == "new":
-                _remove_new_output(path, keep_folder=existed)
-            raise
-
-
-def _remove_new_output(path: Path, keep_folder: bool) -> None:
-    """Remove what a failed run wrote into the new output folder ``path``."""
-    with contextlib.suppress(OSError):
-        if not keep_folder:
-            shutil.rmtree(path)
-        else:
-            for p in path.iterdir():
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        logger.info("Removed the partial output in %s", path)

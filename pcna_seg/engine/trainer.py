@@ -477,7 +477,7 @@ def run_train_net(
         )
         staging = out.parent / STAGING.format(name=out.name)
         place = (
-            output_folder(out, overwrite=overwrite, resume=resume, can_resume=True)
+            output_folder(out, overwrite=overwrite, resume=resume, can_resume=True, keep_partial=True)
             if is_main_process()
             else contextlib.nullcontext(staging if mode == "replace" else out)
         )

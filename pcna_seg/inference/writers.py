@@ -38,7 +38,7 @@ from pcna_seg.data.image_io import TIFF_SUFFIXES, read_image, to_gray
 from pcna_seg.data.visualize import class_colors
 from pcna_seg.errors import DataError, DatasetNotFoundError
 from pcna_seg.inference.predictor import Prediction, Predictor
-from pcna_seg.utils_io import atomic_path
+from pcna_seg.utils_io import atomic_path, output_folder
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -337,11 +337,10 @@ def run_prediction(
     """
     from tqdm import tqdm
 
-    from pcna_seg.data.coco_io import tool_output_folder
     from pcna_seg.inference.tiled import predict_tiled
 
     check_inputs(predictor, frames)
-    with tool_output_folder(output_dir, overwrite=overwrite) as target:
+    with output_folder(output_dir, overwrite=overwrite) as target:
         writer = PredictionWriter(target, predictor.class_names)
         for fr in tqdm(frames, desc="predict", unit="frame", disable=not progress):
             need = predictor.required_channels(fr.channels)

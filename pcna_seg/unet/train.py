@@ -396,7 +396,9 @@ def train_unet(
     if resume and mode == "new":
         logger.info("--resume: %s is empty or missing; starting a new run", final)
     trainer = UNetTrainer(cfg, loaders, class_counts)
-    with output_folder(final, overwrite=overwrite, resume=resume, can_resume=True) as folder:
+    with output_folder(
+        final, overwrite=overwrite, resume=resume, can_resume=True, keep_partial=True
+    ) as folder:
         trainer.out = folder
         summary = trainer.train(resume=resume and mode == "resume")
     trainer.out = final

@@ -16,11 +16,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from pcna_seg.data.coco_io import CardBuilder, Record, read_json, tool_output_folder, write_prepared_dataset
+from pcna_seg.data.coco_io import CardBuilder, Record, read_json, write_prepared_dataset
 from pcna_seg.data.image_io import check_pixels, read_image, to_gray
 from pcna_seg.data.rle_csv import crop_to_rle, rle_to_crop
 from pcna_seg.data.structures import labels_to_masks, make_annotation, resolve_crop_overlaps, rle_areas
 from pcna_seg.errors import ConfigError, DataError
+from pcna_seg.utils_io import output_folder
 
 logger = logging.getLogger(__name__)
 #: classes of the single-class nucleus datasets (DSB2018, DeepCell, CTC, BBBC039)
@@ -301,7 +302,7 @@ def prepared_folder(convert: Callable[..., dict[str, Any]]) -> Callable[..., dic
     The wrapped converter takes ``overwrite=False`` too. Before any work: ``val_fraction``
     must be in [0, 1), the output must not be the source (nor inside it, nor hold it; also
     ``image_root``), and a non-empty output is refused unless ``overwrite``. The converter
-    then writes into the folder :func:`~pcna_seg.data.coco_io.tool_output_folder` yields: the
+    then writes into the folder :func:`~pcna_seg.utils_io.output_folder` yields: the
     output itself when new (removed again if the conversion fails), else a staging folder
     swapped in for the old dataset only when the conversion succeeded.
     """
@@ -313,7 +314,7 @@ def prepared_folder(convert: Callable[..., dict[str, Any]]) -> Callable[..., dic
         check_source_output(src, out)
         if options.get("image_root"):
             check_source_output(options["image_root"], out, "image_root")
-        with tool_output_folder(out, overwrite=overwrite) as target:
+        with output_folder(out, overwrite=overwrite) as target:
             return convert(src, target, **options)
 
     return wrapper

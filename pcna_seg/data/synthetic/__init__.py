@@ -50,13 +50,13 @@ def write_synthetic(
     ``overwrite`` (built aside, swapped in when every format is written; a failure leaves the
     old folder as it was). ``options`` go to every writer.
     """
-    from pcna_seg.data.coco_io import tool_output_folder
+    from pcna_seg.utils_io import output_folder
 
     if not nested and len(formats) != 1:
         raise ValueError("write_synthetic: several formats need nested=True (one folder each)")
     writers = {fmt: get_writer(fmt) for fmt in formats}
     results = {}
-    with tool_output_folder(out, overwrite=overwrite) as target:
+    with output_folder(out, overwrite=overwrite) as target:
         for fmt, write in writers.items():
             results[fmt] = write(Path(target) / fmt if nested else Path(target), **options)
     return results
