@@ -88,11 +88,20 @@ def report_training(train_dir: Path) -> dict[str, Any]:
     per_class = {k[3:]: v for k, v in segm.items() if k.startswith("AP-")}
     if per_class:
         print("  segm AP per phase: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()))
+    cells, phases = res.get("cells") or {}, res.get("phases") or {}
+    if cells:
+        print(
+            f"  cells: F1@0.5 {cells['f1@0.5']:.3f}  PQ@0.5 {cells['pq@0.5']:.3f}  DSB score "
+            f"{cells['dsb_score']:.3f}  SEG {cells['seg']:.3f}  count MAE {cells['count_mae']:.2f}"
+        )
+    if phases:
+        print(f"  phase balanced accuracy on matched nuclei {phases['balanced_accuracy']:.3f}")
     pictures = [train_dir / "curves.png", results_files[-1].parent / "phase_confusion.png"]
     for pic in pictures:
         if pic.is_file():
             print(f"  picture: {pic}")
-    return {"segm": segm, "bbox": bbox, "results": str(results_files[-1])}
+    headline = {k: cells[k] for k in ("f1@0.5", "pq@0.5", "dsb_score", "seg", "count_mae") if k in cells}
+    return {"segm": segm, "bbox": bbox, "cells": headline, "results": str(results_files[-1])}
 
 
 def predict_validation(out: Path) -> dict[str, Any]:
