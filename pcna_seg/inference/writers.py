@@ -260,6 +260,11 @@ def _pcna_frames(folder: Path) -> list[InputFrame]:
     return frames
 
 
+def frame_key(record: dict[str, Any]) -> str:
+    """The output name of a dataset record's frame (``<key>_labels.tif``): its image id."""
+    return _safe(str(record.get("image_id", Path(record["file_name"]).stem)))
+
+
 def _record_frames(records: Sequence[dict[str, Any]]) -> list[InputFrame]:
     from pcna_seg.data.channels import ChannelLoader, available_channels
 
@@ -270,10 +275,7 @@ def _record_frames(records: Sequence[dict[str, Any]]) -> list[InputFrame]:
             loader = ChannelLoader(rec)
             return {n: loader.raw(n) for n in names}
 
-        frames.append(
-            InputFrame(_safe(str(rec.get("image_id", Path(rec["file_name"]).stem))), str(rec["file_name"]),
-                       tuple(available_channels(rec)), load)
-        )  # fmt: skip
+        frames.append(InputFrame(frame_key(rec), str(rec["file_name"]), tuple(available_channels(rec)), load))
     return frames
 
 
