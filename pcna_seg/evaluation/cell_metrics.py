@@ -145,10 +145,18 @@ class FrameResult:
         return float(np.mean(np.where(denom > 0, self.tp / np.maximum(denom, 1), 1.0)))
 
 
+def seg_jaccards(ov: Overlaps) -> np.ndarray:
+    """CTC SEG score of each gt object, (G,) float64: the Jaccard with the predicted object that
+    covers more than half of it (at most one can), 0 when none does."""
+    ok = ov.inter * 2 > ov.gt_area[ov.pairs[:, 0]]
+    out = np.zeros(len(ov.gt_ids))
+    out[ov.pairs[ok, 0]] = ov.iou[ok]
+    return out
+
+
 def seg_sum(ov: Overlaps) -> float:
     """Sum over gt objects of the CTC SEG Jaccard (matched when |R∩S| > 0.5 |R|)."""
-    ok = ov.inter * 2 > ov.gt_area[ov.pairs[:, 0]]
-    return float(ov.iou[ok].sum())
+    return float(seg_jaccards(ov).sum())
 
 
 def evaluate_frame(

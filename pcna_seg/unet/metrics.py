@@ -106,28 +106,12 @@ def seg_matches(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
     A predicted object matches GT object g when it covers more than half of g's pixels
     (so at most one can); the score is then |g ∩ p| / |g ∪ p|. ``gt`` and ``pred`` are
-    (H, W) int instance maps with 0 = background.
+    (H, W) int instance maps with 0 = background. The cell-level evaluation's definition
+    (:func:`pcna_seg.evaluation.cell_metrics.seg_jaccards`), so both branches report one SEG.
     """
-    gt_ids, gt_inv = np.unique(gt, return_inverse=True)
-    pr_ids, pr_inv = np.unique(pred, return_inverse=True)
-    table = np.bincount(
-        gt_inv.ravel() * len(pr_ids) + pr_inv.ravel(), minlength=len(gt_ids) * len(pr_ids)
-    ).reshape(len(gt_ids), len(pr_ids))
-    gt_size = table.sum(1)
-    pr_size = table.sum(0)
-    scores = []
-    for i, g in enumerate(gt_ids):
-        if g == 0:
-            continue
-        row = table[i].copy()
-        row[pr_ids == 0] = 0
-        j = int(np.argmax(row))
-        inter = row[j]
-        if inter * 2 > gt_size[i]:
-            scores.append(inter / (gt_size[i] + pr_size[j] - inter))
-        else:
-            scores.append(0.0)
-    return np.asarray(scores, dtype=np.float64)
+    from pcna_seg.evaluation.cell_metrics import compute_overlaps, seg_jaccards
+
+    return seg_jaccards(compute_overlaps(gt, pred))
 
 
 def seg_score(gt: np.ndarray, pred: np.ndarray) -> float:
