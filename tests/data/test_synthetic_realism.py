@@ -7,9 +7,15 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
+from _roundtrip import assert_roundtrip
+from scipy import ndimage
 
+from pcna_seg.data.converters import get_converter
+from pcna_seg.data.image_io import read_image
 from pcna_seg.data.synthetic import WRITERS, get_writer
 from pcna_seg.data.synthetic import nuclei as N
+from pcna_seg.data.synthetic import realism as R
 
 # Checksums of the clean (default) generator, recorded BEFORE the realistic mode was added:
 # the clean mode must stay pixel-identical so every existing test and benchmark is unchanged.
@@ -70,3 +76,103 @@ def test_clean_writers_unchanged(tmp_path):
         get_writer(fmt)(tmp_path / fmt, seed=0)
         got[fmt] = _hash_folder(tmp_path / fmt)
     assert got == CLEAN_WRITERS
+
+
+# ---------------------------------------------------------------------------------------------
+# realistic style: the acquisition simulator
+# ---------------------------------------------------------------------------------------------
+def _realistic_images(n=6, size=192, n_nuclei=30):
+    out = []
+    for s in range(n):
+        rng = np.random.default_rng(100 + s)
+        style = R.draw_style(rng, R.Realism())
+        out.append((style, N.make_nuclei_image(rng, size, size, n_nuclei, realism=style)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def realistic():
+    return _realistic_images()
+
+
+def test_brightness_spread_within_image(realistic):
+    checked = 0
+    for _, f in realistic:
+        ids = np.unique(f.labels)[1:]
+        if len(ids) < 15:
+            continue
+        img = f.channels["gray"].astype(np.float64)
+        bg = np.median(img[(f.labels == 0) & ~f.debris])
+        means = ndimage.mean(img, f.labels, ids) - bg
+        p5, p95 = np.percentile(means, [5, 95])
+        assert p95 / max(p5, 1.0) >= 5.0
+        checked += 1
+    assert checked >= 3
+
+
+def test_saturated_bodies_and_debris_outside_labels(realistic):
+    saturated = debris = 0
+    for style, f in realistic:
+        img = f.channels["gray"]
+        sat = img >= R.white_level(style)
+        if style.n_bright and f.labels.any():
+            assert sat.any() and (f.labels[sat] > 0).mean() > 0.9  # white pixels sit on nuclei
+            saturated += 1
+        assert not (f.labels[f.debris] > 0).any()  # debris is never labelled
+        if f.debris.any():
+            ring = ndimage.binary_dilation(f.debris, iterations=4) & ~f.debris & (f.labels == 0)
+            assert img[f.debris].mean() > img[ring].mean()  # and it is visible
+            debris += 1
+    assert saturated >= 2 and debris >= 3
+
+
+def test_sizes_shapes_and_clumps_vary(realistic):
+    diam, counts, touching = [], [], 0
+    for _, f in realistic:
+        ids, areas = np.unique(f.labels[f.labels > 0], return_counts=True)
+        if len(ids):
+            diam.append(2 * np.sqrt(np.median(areas) / np.pi))
+            counts.append(len(ids))
+            grown = ndimage.grey_dilation(f.labels, size=(3, 3))
+            touching += int(((grown != f.labels) & (f.labels > 0) & (grown > 0)).any())
+    assert max(diam) / min(diam) > 2.5 and max(counts) / min(counts) > 3
+    assert touching >= 3
+
+
+def test_clean_is_the_default_and_styles_are_checked():
+    a = N.make_nuclei_image(np.random.default_rng(1), 80, 100, n_nuclei=8)
+    b = N.make_nuclei_image(np.random.default_rng(1), 80, 100, n_nuclei=8, realism="clean")
+    assert np.array_equal(a.channels["gray"], b.channels["gray"]) and a.debris is None
+    with pytest.raises(ValueError, match="style"):
+        R.resolve("fancy")
+
+
+def test_dsb_realistic_colour_images_and_exact_labels(tmp_path):
+    gt = get_writer("dsb2018")(tmp_path / "src", seed=1, n_images=12, style="realistic")
+    colour = grey = 0
+    for g in gt.images:
+        img = read_image(tmp_path / "src" / "stage1_train" / g.key / "images" / f"{g.key}.png")
+        if img.ndim == 3 and not np.array_equal(img[..., 0], img[..., 2]):
+            colour += 1
+            if g.labels.any():  # dark nuclei on a light background
+                assert img[g.labels > 0].mean() < img[g.labels == 0].mean()
+        else:
+            grey += 1
+    assert colour >= 1 and grey >= 6
+    get_converter("dsb2018")(tmp_path / "src", tmp_path / "out", progress=False)
+    assert_roundtrip(gt, tmp_path / "out")
+
+
+def test_pcna_realistic_exact_labels(tmp_path):
+    small = dict(n_movies=2, n_frames=2, height=128, width=128, n_nuclei=12)
+    gt = get_writer("pcna_masks")(tmp_path / "src", seed=2, style="realistic", **small)
+    get_converter("pcna_masks")(tmp_path / "src", tmp_path / "out", progress=False)
+    assert_roundtrip(gt, tmp_path / "out")
+    via = get_writer("pcna_via")(tmp_path / "via", seed=2, style="realistic", **small)
+    assert sum(int(g.labels.max()) for g in via.images) > 0
+
+
+def test_every_writer_takes_a_style(tmp_path):
+    for fmt in sorted(WRITERS):
+        gt = get_writer(fmt)(tmp_path / fmt, seed=0, style="realistic")
+        assert sum(int(g.labels.max()) for g in gt.images) > 0, fmt

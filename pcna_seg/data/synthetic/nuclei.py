@@ -11,11 +11,18 @@ Appearance by cell-cycle phase (PCNA channel):
 - ``E`` (optional): small and bright (emerging daughters, early G1).
 The DIC channel is a shaded relief of cell bodies; mitotic cells are rounded and show a bright
 rim. Images carry uneven illumination and Poisson–Gaussian noise and are stored as uint16.
+
+Two styles: the default ``realism=None`` ("clean", fast and pixel-stable: the unit tests'
+data) and a randomised acquisition simulator (:mod:`pcna_seg.data.synthetic.realism`,
+``realism="realistic"`` or a :class:`~pcna_seg.data.synthetic.realism.Realism`) with
+heavy-tailed brightness, saturated bodies, texture, defocus, irregular shapes, per-image
+scale and density, background, debris and several SNRs. Labels are exact in both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -38,11 +45,16 @@ class Frame:
     ``labels``: int32 instance labels, 0 = background, ids 1..N contiguous.
     ``phases``: instance id → phase name (empty for single-class data).
     ``channels``: name → uint16 image (``"pcna"``, ``"dic"`` or ``"hoechst"``, ``"draq7"``).
+    ``debris``: realistic style only, bool mask of the autofluorescent debris drawn (never in
+    ``labels``); ``signal``: realistic style only, float32 noiseless fluorescence (relative
+    units, median nucleus ≈ 1) the colour (H&E-like) renderings are made from.
     """
 
     labels: np.ndarray
     channels: dict[str, np.ndarray]
     phases: dict[int, str] = field(default_factory=dict)
+    debris: np.ndarray | None = None
+    signal: np.ndarray | None = None
 
     @property
     def n_instances(self) -> int:
@@ -51,19 +63,29 @@ class Frame:
 
 @dataclass
 class Nucleus:
+    """An ellipse (centre, radii, angle) with a phase; the realistic style adds radial
+    harmonics ``(amplitude, phase)`` for k = 2, 3, … (irregular outline), a brightness factor
+    and a defocus blur sigma (px)."""
+
     cy: float
     cx: float
     ry: float
     rx: float
     angle: float
     phase: str
+    harmonics: tuple[tuple[float, float], ...] = ()
+    brightness: float = 1.0
+    blur: float = 0.0
 
 
 def _ellipse(
     shape: tuple[int, int], n: Nucleus, scale: float = 1.0
 ) -> tuple[tuple[slice, slice], np.ndarray]:
     """Bounding slices and a boolean ellipse patch for nucleus ``n`` (radii × ``scale``)."""
-    r = max(n.ry, n.rx) * scale + 1
+    if n.harmonics:  # perturbed ellipse: radius × (1 + Σ a_k cos(kθ + φ_k))
+        r = max(n.ry, n.rx) * scale * (1.0 + sum(abs(a) for a, _ in n.harmonics)) + 1
+    else:
+        r = max(n.ry, n.rx) * scale + 1
     y0, y1 = max(int(n.cy - r), 0), min(int(n.cy + r) + 2, shape[0])
     x0, x1 = max(int(n.cx - r), 0), min(int(n.cx + r) + 2, shape[1])
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
@@ -71,6 +93,10 @@ def _ellipse(
     c, s = np.cos(n.angle), np.sin(n.angle)
     u = (c * dx + s * dy) / (n.rx * scale)
     v = (-s * dx + c * dy) / (n.ry * scale)
+    if n.harmonics:
+        theta = np.arctan2(v, u)
+        rad = 1.0 + sum(a * np.cos(k * theta + ph) for k, (a, ph) in enumerate(n.harmonics, start=2))
+        return (slice(y0, y1), slice(x0, x1)), (u * u + v * v) <= rad * rad
     return (slice(y0, y1), slice(x0, x1)), (u * u + v * v) <= 1.0
 
 
@@ -216,14 +242,44 @@ def make_pcna_frame(
     phases: tuple[str, ...] = DEFAULT_PHASES,
     phase_probs: tuple[float, ...] | None = None,
     blank: bool = False,
+    realism: Any = None,
 ) -> Frame:
-    """One PCNA + DIC frame with instance labels and a phase for every instance."""
+    """One PCNA + DIC frame with instance labels and a phase for every instance.
+
+    ``realism``: None / "clean" (default), "realistic", a ``Realism`` (ranges) or an
+    ``ImageStyle`` (one draw) from :mod:`pcna_seg.data.synthetic.realism`.
+    """
+    style = image_style(rng, realism, "pcna")
+    if style is not None:
+        from pcna_seg.data.synthetic import realism as R
+
+        nuclei = [] if blank else R.place_nuclei(rng, (height, width), n_nuclei, phases, style, phase_probs)
+        return R.render_frame(rng, (height, width), nuclei, style)
     nuclei = [] if blank else place_nuclei(rng, (height, width), n_nuclei, phases, phase_probs)
     return frame_from_nuclei(rng, (height, width), nuclei)
 
 
-def frame_from_nuclei(rng: np.random.Generator, shape: tuple[int, int], nuclei: list[Nucleus]) -> Frame:
-    """Render a frame for given nuclei (used by movies, where nuclei drift between frames)."""
+def image_style(rng: np.random.Generator, realism: Any, kind: str = "nuclei") -> Any:
+    """None for the clean style, else an ``ImageStyle`` (drawn from ``rng`` unless given;
+    ``kind`` "pcna" makes "realistic" mean the PCNA preset, one objective's size range)."""
+    if realism is None or realism == "clean":
+        return None
+    from pcna_seg.data.synthetic import realism as R
+
+    if isinstance(realism, R.ImageStyle):
+        return realism
+    return R.draw_style(rng, R.resolve(realism, kind))
+
+
+def frame_from_nuclei(
+    rng: np.random.Generator, shape: tuple[int, int], nuclei: list[Nucleus], style: Any = None
+) -> Frame:
+    """Render a frame for given nuclei (used by movies, where nuclei drift between frames);
+    ``style``: an ``ImageStyle`` for the realistic style, None for the clean one."""
+    if style is not None:
+        from pcna_seg.data.synthetic.realism import render_frame
+
+        return render_frame(rng, shape, nuclei, style)
     labels, kept = rasterize(shape, nuclei)
     phases = {lab: nuclei[k].phase for lab, k in enumerate(kept, start=1)}
     pcna = render_pcna(rng, labels, nuclei, phases)
@@ -239,20 +295,28 @@ def make_pcna_movie(
     n_nuclei: int = 30,
     phases: tuple[str, ...] = DEFAULT_PHASES,
     drift: float = 1.5,
+    realism: Any = None,
 ) -> list[Frame]:
-    """A short time-lapse: the same nuclei drift a little between frames (one ``sequence``)."""
-    nuclei = place_nuclei(rng, (height, width), n_nuclei, phases)
+    """A short time-lapse: the same nuclei drift a little between frames (one ``sequence``).
+
+    ``realism`` as in :func:`make_pcna_frame`; one style is drawn for the whole movie (one
+    acquisition), the noise is new in every frame."""
+    style = image_style(rng, realism, "pcna")
+    if style is not None:
+        from pcna_seg.data.synthetic.realism import place_nuclei as place_realistic
+
+        nuclei = place_realistic(rng, (height, width), n_nuclei, phases, style)
+    else:
+        nuclei = place_nuclei(rng, (height, width), n_nuclei, phases)
     frames = []
     for _ in range(n_frames):
-        frames.append(frame_from_nuclei(rng, (height, width), nuclei))
+        frames.append(frame_from_nuclei(rng, (height, width), nuclei, style))
         nuclei = [
-            Nucleus(
-                float(np.clip(n.cy + rng.normal(0, drift), n.ry, height - n.ry)),
-                float(np.clip(n.cx + rng.normal(0, drift), n.rx, width - n.rx)),
-                n.ry,
-                n.rx,
-                n.angle + rng.normal(0, 0.05),
-                n.phase,
+            replace(
+                n,
+                cy=float(np.clip(n.cy + rng.normal(0, drift), n.ry, height - n.ry)),
+                cx=float(np.clip(n.cx + rng.normal(0, drift), n.rx, width - n.rx)),
+                angle=n.angle + rng.normal(0, 0.05),
             )
             for n in nuclei
         ]
@@ -260,9 +324,23 @@ def make_pcna_movie(
 
 
 def make_nuclei_image(
-    rng: np.random.Generator, height: int = 256, width: int = 256, n_nuclei: int = 30, blank: bool = False
+    rng: np.random.Generator,
+    height: int = 256,
+    width: int = 256,
+    n_nuclei: int = 30,
+    blank: bool = False,
+    realism: Any = None,
 ) -> Frame:
-    """Single-class nuclei image (Kaggle/DeepCell/BBBC-like): one ``"gray"`` uint16 channel."""
+    """Single-class nuclei image (Kaggle/DeepCell/BBBC-like): one ``"gray"`` uint16 channel.
+
+    ``realism`` as in :func:`make_pcna_frame` (realistic frames carry ``debris``/``signal``)."""
+    style = image_style(rng, realism)
+    if style is not None:
+        from pcna_seg.data.synthetic import realism as R
+
+        nuclei = [] if blank else R.place_nuclei(rng, (height, width), n_nuclei, ("G1/G2",), style)
+        frame = R.render_frame(rng, (height, width), nuclei, style, channel="gray", with_dic=False)
+        return replace(frame, phases={})
     frame = make_pcna_frame(rng, height, width, n_nuclei, phases=("G1/G2",), blank=blank)
     return Frame(labels=frame.labels, channels={"gray": frame.channels["pcna"]}, phases={})
 

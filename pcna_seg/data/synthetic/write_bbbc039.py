@@ -24,6 +24,7 @@ from scipy import ndimage
 from pcna_seg.data.image_io import write_image
 from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
 from pcna_seg.data.synthetic.nuclei import make_nuclei_image
+from pcna_seg.data.synthetic.realism import Realism, resolve
 from pcna_seg.utils_io import write_text_atomic
 
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -78,6 +79,7 @@ def write(
     width: int = 160,
     n_nuclei: int = 25,
     metadata: bool = True,
+    style: str | Realism = "clean",
 ) -> GroundTruth:
     """Write a BBBC039-layout folder under ``out`` and return its exact ground truth.
 
@@ -85,15 +87,17 @@ def write(
     is blank. GroundTruth keys are the file stems; ``sequence`` is ``IXMtest_<well>``.
     With ``metadata``, roughly half the images are listed for training, a quarter each for
     validation and test.
+    ``style``: "clean" (default) or "realistic" / a ``Realism`` (acquisition simulator).
     """
     out = Path(out)
+    realism = resolve(style)
     rng = np.random.default_rng(seed)
     wells = ["A01", "A02", "B01"]
     gt = GroundTruth(format="bbbc039", class_names=["nucleus"])
     names = []
     for i in range(n_images):
         frame = make_nuclei_image(
-            rng, height, width, n_nuclei=n_nuclei, blank=n_images >= 2 and i == n_images - 1
+            rng, height, width, n_nuclei, blank=n_images >= 2 and i == n_images - 1, realism=realism
         )
         labels = split_components(frame.labels)
         well = wells[i % len(wells)]

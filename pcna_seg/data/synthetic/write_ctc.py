@@ -21,6 +21,7 @@ from skimage.segmentation import find_boundaries
 
 from pcna_seg.data.image_io import write_image
 from pcna_seg.data.synthetic.base import GroundTruth, single_class_image
+from pcna_seg.data.synthetic.realism import Realism, resolve
 from pcna_seg.data.synthetic.write_deepcell import CLASS_NAMES, make_tracked_movie
 from pcna_seg.utils_io import write_text_atomic
 
@@ -53,6 +54,7 @@ def write(
     digits: int = 3,
     silver_truth: bool = False,
     dataset: str = "Fluo-N2DL-Synth",
+    style: str | Realism = "clean",
 ) -> GroundTruth:
     """Write ``OUT/<dataset>/`` with ``n_sequences`` movies of ``n_images`` frames each.
 
@@ -61,6 +63,7 @@ def write(
     ground truth then includes the silver-only frames (what ``convert(...,
     use_silver_truth=True)`` reads); otherwise only gold frames. Keys
     ``<dataset>_<NN>_t<frame>``, sequences ``<dataset>_<NN>``.
+    ``style``: "clean" (default) or "realistic" / a ``Realism`` (acquisition simulator).
     """
     if digits not in (3, 4):
         raise ValueError(f"digits must be 3 or 4, got {digits}")
@@ -69,7 +72,9 @@ def write(
     gt = GroundTruth(format="ctc", class_names=list(CLASS_NAMES))
     for s in range(n_sequences):
         seq = f"{s + 1:02d}"
-        movie = make_tracked_movie(rng, n_images, height, width, n_nuclei, blank_first=(s == n_sequences - 1))
+        movie = make_tracked_movie(
+            rng, n_images, height, width, n_nuclei, blank_first=(s == n_sequences - 1), realism=resolve(style)
+        )
         lines = []
         for tid, entry in sorted(movie.lineage.items()):
             frames = entry["frames"]

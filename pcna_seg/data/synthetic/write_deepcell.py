@@ -17,13 +17,16 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pcna_seg.data.synthetic.base import GroundTruth, single_class_image
-from pcna_seg.data.synthetic.nuclei import Nucleus, place_nuclei, rasterize, render_pcna
+from pcna_seg.data.synthetic.nuclei import image_style, place_nuclei, rasterize, render_pcna
+from pcna_seg.data.synthetic.realism import Realism, render_frame, resolve
+from pcna_seg.data.synthetic.realism import place_nuclei as place_realistic
 from pcna_seg.utils_io import atomic_path
 
 CLASS_NAMES = ["nucleus"]
@@ -52,15 +55,22 @@ def make_tracked_movie(
     drift: float = 1.5,
     divide: bool = True,
     blank_first: bool = False,
+    realism: Any = None,
 ) -> TrackedMovie:
     """Nuclei drifting over ``n_frames`` frames; one nucleus divides half-way when ``divide``.
 
     ``blank_first`` leaves frame 0 empty (cells appear at frame 1), giving a blank image.
     Track ids are the nuclei's indices + 1 (daughters get new ids), stable across frames even
-    though :func:`rasterize` renumbers labels per frame.
+    though :func:`rasterize` renumbers labels per frame. ``realism``: None (clean) or the
+    ranges one acquisition style is drawn from for the whole movie.
     """
     shape = (height, width)
-    nuclei = {i + 1: n for i, n in enumerate(place_nuclei(rng, shape, n_nuclei, ("G1/G2",)))}
+    style = image_style(rng, realism)
+    if style is not None:
+        placed = place_realistic(rng, shape, n_nuclei, ("G1/G2",), style)
+    else:
+        placed = place_nuclei(rng, shape, n_nuclei, ("G1/G2",))
+    nuclei = {i + 1: n for i, n in enumerate(placed)}
     next_id = len(nuclei) + 1
     t_div = n_frames // 2 if divide and n_frames >= 2 and nuclei else None
     div_id = int(rng.choice(sorted(nuclei))) if t_div is not None else None
@@ -76,7 +86,7 @@ def make_tracked_movie(
             for sign in (-1.0, 1.0):
                 cy = float(np.clip(p.cy + sign * off_y, p.ry, height - p.ry))
                 cx = float(np.clip(p.cx + sign * off_x, p.rx, width - p.rx))
-                nuclei[next_id] = Nucleus(cy, cx, p.ry * 0.7, p.rx * 0.7, p.angle, p.phase)
+                nuclei[next_id] = replace(p, cy=cy, cx=cx, ry=p.ry * 0.7, rx=p.rx * 0.7)
                 parent_of[next_id] = div_id
                 next_id += 1
         ids = sorted(nuclei) if not (blank_first and t == 0) else []
@@ -85,16 +95,17 @@ def make_tracked_movie(
         to_track = np.zeros(len(kept) + 1, dtype=np.int32)
         to_track[1:] = [ids[k] for k in kept]
         phases = {lab_id: "G1/G2" for lab_id in range(1, len(kept) + 1)}
-        raws.append(render_pcna(rng, lab, present, phases))
+        if style is not None:
+            raws.append(render_frame(rng, shape, present, style, "gray", with_dic=False).channels["gray"])
+        else:
+            raws.append(render_pcna(rng, lab, present, phases))
         tracks.append(to_track[lab])
         nuclei = {
-            i: Nucleus(
-                float(np.clip(n.cy + rng.normal(0, drift), n.ry, height - n.ry)),
-                float(np.clip(n.cx + rng.normal(0, drift), n.rx, width - n.rx)),
-                n.ry,
-                n.rx,
-                n.angle + rng.normal(0, 0.05),
-                n.phase,
+            i: replace(
+                n,
+                cy=float(np.clip(n.cy + rng.normal(0, drift), n.ry, height - n.ry)),
+                cx=float(np.clip(n.cx + rng.normal(0, drift), n.rx, width - n.rx)),
+                angle=n.angle + rng.normal(0, 0.05),
             )
             for i, n in nuclei.items()
         }
@@ -136,6 +147,7 @@ def write_npz(
     n_channels: int = 1,
     dtype: str = "float32",
     name: str = "nuclear",
+    style: str | Realism = "clean",
 ) -> GroundTruth:
     """Write ``OUT/<name>.npz`` with ``n_images`` frames in movies of ``frames_per_movie``.
 
@@ -143,14 +155,23 @@ def write_npz(
     are unrelated noise (to test channel selection). ``y``: (N, H, W, 1) int32 labels. The
     first frame of the first movie is blank. Keys ``<name>_<index:05d>``, sequences
     ``<name>_m<k>`` (what ``convert_npz(..., frames_per_movie=F)`` produces).
+    ``style``: "clean" (default) or "realistic" / a ``Realism`` (acquisition simulator).
     """
     if n_images % frames_per_movie:
         raise ValueError(f"n_images={n_images} is not a multiple of frames_per_movie={frames_per_movie}")
+    realism = resolve(style)
     rng = np.random.default_rng(seed)
     xs, ys, gt = [], [], GroundTruth(format="deepcell_npz", class_names=list(CLASS_NAMES))
     for k in range(n_images // frames_per_movie):
         movie = make_tracked_movie(
-            rng, frames_per_movie, height, width, n_nuclei, divide=False, blank_first=(k == 0)
+            rng,
+            frames_per_movie,
+            height,
+            width,
+            n_nuclei,
+            divide=False,
+            blank_first=(k == 0),
+            realism=realism,
         )
         for t in range(frames_per_movie):
             idx = len(xs)
@@ -193,6 +214,7 @@ def write_trks(
     dtype: str = "uint16",
     single: bool = False,
     name: str = "tracked",
+    style: str | Realism = "clean",
 ) -> GroundTruth:
     """Write ``OUT/<name>.trks`` (``n_batches`` movies of ``n_images`` frames) or a ``.trk``.
 
@@ -201,6 +223,7 @@ def write_trks(
     the first movie starts with a blank frame. ``single=True`` writes ``OUT/<name>.trk`` with
     one movie (raw (T, H, W, 1), ``lineage.json``). Keys ``<name>_b<batch>_t<frame:03d>``,
     sequences ``<name>_b<batch>``; label ids in the ground truth are the track ids.
+    ``style``: "clean" (default) or "realistic" / a ``Realism`` (acquisition simulator).
     """
     rng = np.random.default_rng(seed)
     n_b = 1 if single else n_batches
@@ -210,7 +233,9 @@ def write_trks(
     lineages = []
     for b in range(n_b):
         n_real = n_images - (pad_frames if (b == n_b - 1 and not single) else 0)
-        movie = make_tracked_movie(rng, n_real, height, width, n_nuclei, blank_first=(b == 0))
+        movie = make_tracked_movie(
+            rng, n_real, height, width, n_nuclei, blank_first=(b == 0), realism=resolve(style)
+        )
         raw[b, :n_real, ..., 0] = movie.raw
         tracked[b, :n_real, ..., 0] = movie.tracks
         lineages.append({str(k): v for k, v in movie.lineage.items()})

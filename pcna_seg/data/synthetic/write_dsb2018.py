@@ -8,6 +8,12 @@ Layout written under ``out``::
     stage1_train_labels.csv             ImageId,EncodedPixels — the same nuclei as the PNGs
     stage1_solution.csv                 (``solution_csv=True``) + Height,Width,Usage columns
 
+``style="realistic"`` (or a :class:`~pcna_seg.data.synthetic.realism.Realism`) draws every
+image from the acquisition simulator instead: grey images are min–max stretched to 8 bits
+(a few saturated bodies set the white, so most nuclei are dim) and stored RGBA (or grey, one
+in five); a ``colour_fraction`` share are colour H&E-/brightfield-like RGB images (dark
+nuclei on a light background). The masks are the same exact rasterised nuclei either way.
+
 Ids are random 64-digit hex strings like Kaggle's. The last image is blank: its ``masks/``
 folder exists but is empty and the CSVs give it one row with an empty ``EncodedPixels``
 (Kaggle's stage-1 training set itself has no blank images; empty ``EncodedPixels`` is how
@@ -29,13 +35,14 @@ from pcna_seg.data.image_io import write_image
 from pcna_seg.data.rle_csv import mask_to_kaggle, write_rle_csv
 from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
 from pcna_seg.data.synthetic.nuclei import make_nuclei_image
+from pcna_seg.data.synthetic.realism import Realism, colourize, draw_style, resolve
 
 SizeSpec = int | tuple[int, int]
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """(H, W) uint16 → uint8 by a 0.5–99.9 percentile stretch (what DSB's 8-bit PNGs look like)."""
-    lo, hi = np.percentile(img, [0.5, 99.9])
+def to_uint8(img: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.9)) -> np.ndarray:
+    """(H, W) uint16 → uint8 by a percentile stretch (default 0.5–99.9; (0, 100) = min–max)."""
+    lo, hi = np.percentile(img, list(percentiles))
     scaled = (img.astype(np.float32) - lo) * (255.0 / max(float(hi - lo), 1.0))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
@@ -61,11 +68,22 @@ def write_sample(
     """Write one sample folder; returns (image id, (H, W), labels or None, CSV rows)."""
     rng = np.random.default_rng(task["seed"])
     h, w = _pick(rng, task["height"]), _pick(rng, task["width"])
-    frame = make_nuclei_image(rng, h, w, n_nuclei=task["n_nuclei"], blank=task["blank"])
-    sid = rng.bytes(32).hex()
+    realism: Realism | None = task.get("realism")
+    if realism is None:
+        frame = make_nuclei_image(rng, h, w, n_nuclei=task["n_nuclei"], blank=task["blank"])
+        sid = rng.bytes(32).hex()
+        image = _colour(to_uint8(frame.channels["gray"]), task["index"] % 3)
+    else:
+        style = draw_style(rng, realism)
+        frame = make_nuclei_image(rng, h, w, n_nuclei=task["n_nuclei"], blank=task["blank"], realism=style)
+        sid = rng.bytes(32).hex()
+        if rng.random() < realism.colour_fraction:
+            image = colourize(rng, frame, style)
+        else:
+            image = _colour(to_uint8(frame.channels["gray"], (0.0, 100.0)), 0 if rng.random() < 0.8 else 2)
     sdir = Path(task["root"]) / sid
     (sdir / "masks").mkdir(parents=True, exist_ok=True)
-    write_image(sdir / "images" / f"{sid}.png", _colour(to_uint8(frame.channels["gray"]), task["index"] % 3))
+    write_image(sdir / "images" / f"{sid}.png", image)
     labels = frame.labels
     rows: list[tuple[str, str]] = []
     for k, sl in enumerate(ndimage.find_objects(labels), start=1):
@@ -94,8 +112,11 @@ def write(
     workers: int = 1,
     keep_labels: bool = True,
     progress: bool = False,
+    style: str | Realism = "clean",
 ) -> GroundTruth:
     """Write a DSB2018-layout folder under ``out`` and return its exact ground truth.
+
+    ``style``: "clean" (default, the unit tests' look), "realistic" or a ``Realism``.
 
     ``height``/``width``: an int or an inclusive (min, max) range drawn per image. The last
     image is blank when ``n_images >= 2``. ``keep_labels=False`` returns ground truth whose
@@ -105,6 +126,7 @@ def write(
     out = Path(out)
     root = out / "stage1_train"
     root.mkdir(parents=True, exist_ok=True)
+    realism = resolve(style)
     seeds = np.random.SeedSequence(seed).spawn(n_images)
     tasks = [
         {
@@ -116,6 +138,7 @@ def write(
             "n_nuclei": n_nuclei,
             "blank": n_images >= 2 and i == n_images - 1,
             "keep_labels": keep_labels,
+            "realism": realism,
         }
         for i, s in enumerate(seeds)
     ]

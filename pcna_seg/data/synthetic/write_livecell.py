@@ -37,6 +37,7 @@ from pcna_seg.data.structures import (
 )
 from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
 from pcna_seg.data.synthetic.nuclei import make_nuclei_image
+from pcna_seg.data.synthetic.realism import Realism, resolve
 from pcna_seg.data.synthetic.write_dsb2018 import to_uint8
 from pcna_seg.utils_io import write_json_atomic
 
@@ -53,6 +54,7 @@ def write(
     width: int = 160,
     n_nuclei: int = 30,
     split_files: bool = False,
+    style: str | Realism = "clean",
 ) -> GroundTruth:
     """Write a LIVECell-layout folder under ``out`` and return the polygons' exact ground truth.
 
@@ -60,8 +62,10 @@ def write(
     field is a sequence of timepoints); the last image has no cells. With ``split_files`` the
     images of the last field go to ``livecell_coco_val.json``, the rest to ``..._train.json``.
     Real LIVECell images are 704 x 520 (``width=704, height=520``).
+    ``style``: "clean" (default) or "realistic" / a ``Realism`` (acquisition simulator).
     """
     out = Path(out)
+    realism = resolve(style)
     rng = np.random.default_rng(seed)
     gt = GroundTruth(format="livecell", class_names=["cell"])
     docs = {
@@ -77,7 +81,7 @@ def write(
         cell, well, loc = FIELDS[i % len(FIELDS)]
         stem = f"{cell}_Phase_{well}_{loc}_{TIMES[(i // len(FIELDS)) % len(TIMES)]}_{i // 9 + 1}"
         frame = make_nuclei_image(
-            rng, height, width, n_nuclei=n_nuclei, blank=n_images >= 2 and i == n_images - 1
+            rng, height, width, n_nuclei, blank=n_images >= 2 and i == n_images - 1, realism=realism
         )
         write_image(
             out / "images" / "livecell_train_val_images" / cell / f"{stem}.tif",

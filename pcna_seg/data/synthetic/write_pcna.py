@@ -38,7 +38,8 @@ from pcna_seg.data.image_io import write_image
 from pcna_seg.data.phases import DEFAULT_PHASES, PhaseSet
 from pcna_seg.data.structures import masks_to_labels, polygons_to_mask, resolve_overlaps
 from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
-from pcna_seg.data.synthetic.nuclei import Frame, frame_from_nuclei, make_pcna_movie
+from pcna_seg.data.synthetic.nuclei import Frame, frame_from_nuclei, image_style, make_pcna_movie
+from pcna_seg.data.synthetic.realism import Realism, resolve
 from pcna_seg.utils_io import write_json_atomic, write_text_atomic
 
 # spellings an annotator might use, cycled when ``mixed_spellings`` is on
@@ -54,24 +55,28 @@ def _make_movies(
     n_nuclei: int,
     phases: tuple[str, ...],
     max_tries: int = 50,
+    realism: Realism | None = None,
 ) -> list[tuple[str, list[Frame]]]:
-    """``n_movies`` movies of ``n_frames`` frames; one blank frame; every phase present."""
-    movies = []
+    """``n_movies`` movies of ``n_frames`` frames; one blank frame; every phase present.
+
+    ``realism``: None (clean) or the ranges each movie's acquisition style is drawn from."""
+    movies, styles = [], []
     for m in range(n_movies):
-        movies.append(
-            (f"mcf10a_s{m + 1:02d}", make_pcna_movie(rng, n_frames, height, width, n_nuclei, phases))
-        )
+        styles.append(image_style(rng, realism, "pcna"))
+        frames = make_pcna_movie(rng, n_frames, height, width, n_nuclei, phases, realism=styles[-1])
+        movies.append((f"mcf10a_s{m + 1:02d}", frames))
     blank_t = min(1, n_frames - 1)
-    movies[0][1][blank_t] = frame_from_nuclei(rng, (height, width), [])
+    movies[0][1][blank_t] = frame_from_nuclei(rng, (height, width), [], styles[0])
     for _ in range(max_tries):
         seen = {p for _, frames in movies for f in frames for p in f.phases.values()}
         if seen >= set(phases) or n_nuclei < len(phases):
             break
         # redraw the last movie (keeps the blank frame in the first one)
         m = len(movies) - 1
-        frames = make_pcna_movie(rng, n_frames, height, width, n_nuclei, phases)
+        styles[m] = image_style(rng, realism, "pcna")
+        frames = make_pcna_movie(rng, n_frames, height, width, n_nuclei, phases, realism=styles[m])
         if m == 0:
-            frames[blank_t] = frame_from_nuclei(rng, (height, width), [])
+            frames[blank_t] = frame_from_nuclei(rng, (height, width), [], styles[m])
         movies[m] = (movies[m][0], frames)
     return movies
 
@@ -128,12 +133,15 @@ def write_via(
     phases: tuple[str, ...] | str = DEFAULT_PHASES,
     phase_key: str = "phase",
     mixed_spellings: bool = False,
+    style: str | Realism = "clean",
 ) -> GroundTruth:
     """Write PCNA/DIC movies and a VIA2 project JSON (``via_project.json``) into ``out``.
 
     Regions are polygons with ``region_attributes[phase_key]`` = the phase name (or, with
     ``mixed_spellings``, variants such as "G1", "g2", "mitosis"). Returns the ground truth:
     one image per frame, key ``"<movie>_<t:04d>"``, labels = rasterised written polygons.
+    ``style``: "clean" (default), "realistic" (PCNA preset of the acquisition simulator, one
+    style per movie) or a ``Realism``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +150,10 @@ def write_via(
     gt = GroundTruth(format="pcna_via", class_names=list(phases))
     metadata: dict[str, dict] = {}
     n_region = 0
-    for movie, frames in _make_movies(rng, n_movies, n_frames, height, width, n_nuclei, phases):
+    movies = _make_movies(
+        rng, n_movies, n_frames, height, width, n_nuclei, phases, realism=resolve(style, "pcna")
+    )
+    for movie, frames in movies:
         names = _write_channels(out, movie, frames, stacked)
         for t, frame in enumerate(frames):
             ids = sorted(frame.phases)
@@ -201,12 +212,13 @@ def write_masks(
     stacked: bool = True,
     phases: tuple[str, ...] | str = DEFAULT_PHASES,
     csv_key: str | None = "movie",
+    style: str | Realism = "clean",
 ) -> GroundTruth:
     """Write PCNA/DIC movies, uint16 label masks (``*_mask.tif``) and ``phases.csv`` into ``out``.
 
     ``csv_key``: extra CSV column identifying the movie, "movie" (movie id), "file" (mask
     file name) or None (no column; only valid with one movie). The ground truth is exactly the
-    generator's labels. Keys ``"<movie>_<t:04d>"``.
+    generator's labels. Keys ``"<movie>_<t:04d>"``. ``style`` as in :func:`write_via`.
     """
     if csv_key not in ("movie", "file", None):
         raise ValueError(f"csv_key must be 'movie', 'file' or None, got {csv_key!r}")
@@ -218,7 +230,10 @@ def write_masks(
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(([csv_key] if csv_key else []) + ["frame", "label", "phase"])
-    for movie, frames in _make_movies(rng, n_movies, n_frames, height, width, n_nuclei, phases):
+    movies = _make_movies(
+        rng, n_movies, n_frames, height, width, n_nuclei, phases, realism=resolve(style, "pcna")
+    )
+    for movie, frames in movies:
         _write_channels(out, movie, frames, stacked)
         if stacked:
             write_image(out / f"{movie}_mask.tif", np.stack([f.labels for f in frames]).astype(np.uint16))
