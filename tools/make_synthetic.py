@@ -4,6 +4,11 @@
     python tools/make_synthetic.py dsb2018 /tmp/synth/dsb2018
     python tools/make_synthetic.py all /tmp/synth            # every format, one folder each
     python tools/make_synthetic.py pcna_masks OUT --seed 3 --option n_movies=4
+    python tools/make_synthetic.py dsb2018 OUT --style clean   # the unit tests' clean look
+
+``--style realistic`` (default) draws every image from the acquisition simulator
+(pcna_seg.data.synthetic.realism: per-image scale, density and SNR, heavy-tailed brightness,
+saturated bodies, defocus, debris, colour DSB images); ``clean`` is the old uniform look.
 
 The printed summary lists images and instances per class of the ground truth written. A
 non-empty OUT is refused unless ``--overwrite`` (then it is replaced as a whole).
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("format", choices=sorted(WRITERS) + ["all"])
     parser.add_argument("out", type=Path, help="folder to write (new or empty; see --overwrite)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--style", choices=["clean", "realistic"], default="realistic")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT as a whole")
     args = parser.parse_args(argv)
@@ -43,11 +49,19 @@ def main(argv: list[str] | None = None) -> None:
     formats = sorted(WRITERS) if args.format == "all" else [args.format]
     options: dict = {}
     for fmt in formats:  # with "all", an option must suit every writer
-        options |= parse_options(args.option, get_writer(fmt), f"synthetic format {fmt}", {"seed": "--seed"})
+        options |= parse_options(
+            args.option, get_writer(fmt), f"synthetic format {fmt}", {"seed": "--seed", "style": "--style"}
+        )
     check_output_folder(args.out, overwrite=args.overwrite)
     nested = args.format == "all"
     written = write_synthetic(
-        formats, args.out, overwrite=args.overwrite, nested=nested, seed=args.seed, **options
+        formats,
+        args.out,
+        overwrite=args.overwrite,
+        nested=nested,
+        seed=args.seed,
+        style=args.style,
+        **options,
     )
     for fmt, gt in written.items():
         print(f"{summarize(gt)} -> {args.out / fmt if nested else args.out}")
