@@ -232,4 +232,24 @@ class Predictor:
     def _run(self, mi: ModelInput) -> Prediction:
         output = self.model([mi.image.to(self.device)])[0]
         output = {k: v.detach().cpu() for k, v in output.items()}
+        self._warn_if_capped(len(output["scores"]), mi)
         return to_prediction(output, mi.model_hw, mi.orig_hw, self.class_names)
+
+    def _warn_if_capped(self, n: int, mi: ModelInput) -> None:
+        """Warn (once) when a frame's detections reach a limit that would cut a dense field."""
+        cfg = self.cfg
+        limits = {
+            "TEST.DETECTIONS_PER_IMAGE": int(cfg.TEST.DETECTIONS_PER_IMAGE),
+            "MODEL.RPN.POST_NMS_TOPK_TEST": int(cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
+        }
+        hit = [k for k, v in limits.items() if n >= 0.9 * v]
+        if hit and not getattr(self, "_capped_warned", False):
+            self._capped_warned = True
+            logger.warning(
+                "%d detections in a %dx%d input reach %s; a dense field may have more nuclei: raise %s "
+                "or predict in tiles (--tile)",
+                n,
+                *mi.model_hw,
+                " and ".join(f"{k} {limits[k]}" for k in hit),
+                " / ".join(hit),
+            )

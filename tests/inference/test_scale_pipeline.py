@@ -180,3 +180,14 @@ def test_bad_scale_values_are_one_clear_error(make_predictor, tmp_path):
         predictor.predict_arrays(ch)
     with pytest.raises(ConfigError, match="--diameter must be > 0"):
         Predictor(predictor.cfg, tmp_path / "run/model_final.pth", diameter=-3)
+
+
+def test_detections_at_a_limit_are_warned_once(make_predictor, caplog):
+    predictor = make_predictor()  # TEST.DETECTIONS_PER_IMAGE 25 in these tests
+    ch, truth = field(512, 256)
+    assert truth.max() > 25
+    with caplog.at_level("WARNING"):
+        predictor.predict_arrays(ch)
+        predictor.predict_arrays(ch)
+    warned = [r for r in caplog.records if "TEST.DETECTIONS_PER_IMAGE 25" in r.getMessage()]
+    assert len(warned) == 1 and "--tile" in warned[0].getMessage()
