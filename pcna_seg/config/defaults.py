@@ -115,6 +115,19 @@ _C.INPUT.INTENSITY.BRIGHTNESS = 0.1  # additive, fraction of the [0, 1] range
 _C.INPUT.INTENSITY.CONTRAST = 0.1  # multiplicative, 1 +/- CONTRAST
 _C.INPUT.INTENSITY.CHANNELS = ["pcna", "gray"]  # recipe names the jitter may touch
 
+# Photometric augmentation (training only) of fluorescence channels, never otsu_mask; DIC gets
+# the blur only with BLUR_DIC. Order: gamma, gain, offset, blur, noise, clip to [0, 1].
+_C.INPUT.AUGMENT = CN()
+_C.INPUT.AUGMENT.ENABLED = False
+_C.INPUT.AUGMENT.GAMMA = (1.0, 1.0)  # x ** g, g log-uniform in (lo, hi)
+_C.INPUT.AUGMENT.CONTRAST = (1.0, 1.0)  # gain x * c, c log-uniform in (lo, hi); > 1 saturates
+_C.INPUT.AUGMENT.BRIGHTNESS = 0.0  # additive offset U(-b, b), fraction of the [0, 1] range
+_C.INPUT.AUGMENT.BLUR_PROB = 0.0  # probability of a Gaussian blur (defocus)
+_C.INPUT.AUGMENT.BLUR_SIGMA = (0.5, 1.5)  # its sigma, px at model scale, U(lo, hi)
+_C.INPUT.AUGMENT.BLUR_DIC = False  # also blur DIC channels (nothing else ever touches DIC)
+_C.INPUT.AUGMENT.NOISE_PROB = 0.0  # probability of additive Gaussian noise
+_C.INPUT.AUGMENT.NOISE_STD = 0.0  # its sd, U(0, NOISE_STD), on the [0, 1] scale
+
 # ---------------------------------------------------------------------------------------------
 # DATASETS / DATALOADER
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +319,13 @@ VALUE_RANGES: dict[str, str] = {
     "INPUT.CROP.SIZE": "(0, inf)",
     "INPUT.INTENSITY.BRIGHTNESS": "[0, 1]",
     "INPUT.INTENSITY.CONTRAST": "[0, 1)",
+    "INPUT.AUGMENT.GAMMA": "(0, inf)",
+    "INPUT.AUGMENT.CONTRAST": "(0, inf)",
+    "INPUT.AUGMENT.BRIGHTNESS": "[0, 1]",
+    "INPUT.AUGMENT.BLUR_PROB": "[0, 1]",
+    "INPUT.AUGMENT.BLUR_SIGMA": "[0, inf)",
+    "INPUT.AUGMENT.NOISE_PROB": "[0, 1]",
+    "INPUT.AUGMENT.NOISE_STD": "[0, 1]",
     "DATALOADER.NUM_WORKERS": "[0, inf)",
     "SOLVER.MAX_ITER": "[1, inf)",
     "SOLVER.BASE_LR": "(0, inf)",

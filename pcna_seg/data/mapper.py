@@ -3,7 +3,8 @@
 Steps: the channels and pixel scale of the one input pipeline
 (:class:`~pcna_seg.data.pipeline.InputPipeline`: recipe, percentile normalisation on the full
 image, ``INPUT.SCALE``) → (train) scale with optional jitter, crop at model scale, flips, 90°
-rotations, intensity jitter on fluorescence channels (:mod:`pcna_seg.data.transforms`) /
+rotations, intensity jitter and photometric augmentation (gamma, gain, offset, blur, noise:
+``INPUT.AUGMENT``) on fluorescence channels (:mod:`pcna_seg.data.transforms`) /
 (test) the test-time scale only → instance masks at the output size, boxes derived from the
 masks, instances emptied by the crop dropped.
 
@@ -40,6 +41,7 @@ class DatasetMapper:
     and ``width`` are the ORIGINAL image size (for rescaling predictions in evaluation).
     Crowd annotations (``iscrowd=1``) are skipped. Blank images give N = 0.
 
+    ``augment``: photometric augmentation of fluorescence channels (training only; None = off).
     ``scale`` is the pixel-scale policy; without one, the legacy ``min_size_*`` / ``max_size_*``
     arguments make a short-edge policy (their defaults keep the native size).
     """
@@ -67,6 +69,7 @@ class DatasetMapper:
         num_classes: int | None = None,
         seed: int | None = None,
         scale: ScalePolicy | None = None,
+        augment: T.PhotometricAugment | None = None,
     ) -> None:
         self.is_train = bool(is_train)
         if scale is None:
@@ -96,6 +99,7 @@ class DatasetMapper:
             float(intensity_contrast),
         )
         self.intensity_channels = [str(c) for c in intensity_channels]
+        self.augment = augment or T.PhotometricAugment()
         self.num_classes = num_classes
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -129,6 +133,7 @@ class DatasetMapper:
             intensity_channels=list(inp.INTENSITY.CHANNELS),
             num_classes=int(cfg.MODEL.ROI_HEADS.NUM_CLASSES),
             seed=seed,
+            augment=T.PhotometricAugment.from_config(getattr(inp, "AUGMENT", None)),
         )
 
     # -----------------------------------------------------------------------------------------
@@ -194,6 +199,8 @@ class DatasetMapper:
                     self.intensity_contrast,
                     rng,
                 )
+            if self.augment.enabled:
+                image = T.photometric_augment(image, self.channels, self.augment, rng)
 
         keep = masks.reshape(len(anns), -1).any(axis=1) if len(anns) else np.zeros(0, dtype=bool)
         masks = masks[keep]

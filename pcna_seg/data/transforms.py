@@ -1,4 +1,5 @@
-"""Augmentations on numpy arrays: resize, crop, flips, 90° rotations, intensity jitter.
+"""Augmentations on numpy arrays: resize, crop, flips, 90° rotations, intensity jitter,
+photometric augmentation (gamma, gain, offset, blur, noise) of fluorescence channels.
 
 Arrays: ``image`` is (H, W, C) float32 (recipe order), ``masks`` is (N, H, W) uint8. Every
 random choice is drawn from the ``numpy.random.Generator`` passed in, so a seeded generator
@@ -13,10 +14,13 @@ to the crop window (:func:`nearest_indices`), so a full-size resized mask is nev
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
+from pcna_seg.data.channels import channel_role
 from pcna_seg.errors import ConfigError, DataError
 
 FLIP_MODES = ("none", "horizontal", "vertical", "both")
@@ -214,4 +218,98 @@ def jitter_intensity(
         plane = out[..., i]
         mean = float(plane.mean())
         out[..., i] = np.clip((plane - mean) * c + mean + b, 0.0, 1.0)
+    return out
+
+
+@dataclass(frozen=True)
+class PhotometricAugment:
+    """Training-time photometric augmentation (``INPUT.AUGMENT.*``), per image.
+
+    Applied to fluorescence channels (``channel_role(name) == "fluorescence"``) of a [0, 1]
+    image, in this order: gamma ``x ** g`` with ``g`` log-uniform in ``gamma``; gain ``x * c``
+    with ``c`` log-uniform in ``contrast`` (values pushed above 1 saturate, as a bright body
+    saturates a camera); offset ``+ b`` with ``b ~ U(-brightness, brightness)``; with
+    probability ``blur_prob`` a Gaussian blur of sigma ``U(blur_sigma)`` px (defocus); with
+    probability ``noise_prob`` additive Gaussian noise of sd ``U(0, noise_std)``; clip to
+    [0, 1]. ``dic`` gets the blur only, and only with ``blur_dic``; ``otsu_mask`` is never
+    touched. Ranges are (lo, hi) with 0 < lo <= hi (sigma lo >= 0).
+    """
+
+    enabled: bool = False
+    gamma: tuple[float, float] = (1.0, 1.0)
+    contrast: tuple[float, float] = (1.0, 1.0)
+    brightness: float = 0.0
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    blur_dic: bool = False
+    noise_prob: float = 0.0
+    noise_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key, rng_, low in (("GAMMA", self.gamma, 1e-9), ("CONTRAST", self.contrast, 1e-9)):
+            if len(rng_) != 2 or not (low <= rng_[0] <= rng_[1]):
+                raise ConfigError(f"INPUT.AUGMENT.{key} must be (lo, hi) with 0 < lo <= hi, got {list(rng_)}")
+        if len(self.blur_sigma) != 2 or not (0 <= self.blur_sigma[0] <= self.blur_sigma[1]):
+            raise ConfigError(
+                f"INPUT.AUGMENT.BLUR_SIGMA must be (lo, hi) with 0 <= lo <= hi, got {list(self.blur_sigma)}"
+            )
+
+    @classmethod
+    def from_config(cls, node: Any) -> PhotometricAugment:
+        """From a config's ``INPUT.AUGMENT`` node (None → disabled)."""
+        if node is None:
+            return cls()
+        return cls(
+            enabled=bool(node.ENABLED),
+            gamma=tuple(float(v) for v in node.GAMMA),
+            contrast=tuple(float(v) for v in node.CONTRAST),
+            brightness=float(node.BRIGHTNESS),
+            blur_prob=float(node.BLUR_PROB),
+            blur_sigma=tuple(float(v) for v in node.BLUR_SIGMA),
+            blur_dic=bool(node.BLUR_DIC),
+            noise_prob=float(node.NOISE_PROB),
+            noise_std=float(node.NOISE_STD),
+        )
+
+
+def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    lo, hi = lo_hi
+    return float(lo if lo == hi else np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def photometric_augment(
+    image: np.ndarray, recipe: Sequence[str], aug: PhotometricAugment, rng: np.random.Generator
+) -> np.ndarray:
+    """Apply :class:`PhotometricAugment` to an (H, W, C) float32 [0, 1] image in recipe order.
+
+    One draw per recipe NAME, in recipe order (``["gray", "gray", "gray"]`` stays three equal
+    planes); channels that are neither fluorescence nor ``dic`` with ``blur_dic`` (e.g.
+    ``otsu_mask``) are copied unchanged and consume no draws. Returns a new float32 array.
+    """
+    out = image.astype(np.float32, copy=True)
+    if not aug.enabled:
+        return out
+    done: dict[str, np.ndarray] = {}
+    for i, name in enumerate(recipe):
+        if name in done:
+            out[..., i] = done[name]
+            continue
+        fluo = channel_role(name) == "fluorescence" and name != "otsu_mask"
+        if not fluo and not (name == "dic" and aug.blur_dic):
+            continue
+        plane = out[..., i]
+        if fluo:
+            plane = np.power(np.clip(plane, 0.0, 1.0), _log_uniform(rng, aug.gamma))
+            plane = plane * _log_uniform(rng, aug.contrast) + float(
+                rng.uniform(-aug.brightness, aug.brightness)
+            )
+        if aug.blur_prob > 0 and rng.random() < aug.blur_prob:
+            sigma = float(rng.uniform(*aug.blur_sigma))
+            if sigma > 0:
+                plane = cv2.GaussianBlur(np.ascontiguousarray(plane, dtype=np.float32), (0, 0), sigma)
+        if fluo and aug.noise_prob > 0 and rng.random() < aug.noise_prob:
+            sd = float(rng.uniform(0.0, aug.noise_std))
+            plane = plane + rng.normal(0.0, sd, size=plane.shape).astype(np.float32)
+        done[name] = np.clip(plane, 0.0, 1.0).astype(np.float32)
+        out[..., i] = done[name]
     return out

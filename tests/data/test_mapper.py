@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -210,3 +212,38 @@ def test_bbox_restricted_resample_equals_full_resample():
         out = np.zeros((rows.size, cols.size), np.uint8)
         T.resample_mask_into(out, mask, rows, cols)
         assert np.array_equal(out, mask[np.ix_(rows, cols)].astype(np.uint8))
+
+
+def test_photometric_augment_contract_and_channels(tmp_path):
+    rec, frame = write_record(tmp_path, seed=10, n=12)
+    aug = T.PhotometricAugment(
+        enabled=True, gamma=(0.5, 2.0), contrast=(0.5, 1.5), brightness=0.1, blur_prob=1.0,
+        blur_sigma=(0.5, 2.0), noise_prob=1.0, noise_std=0.05,
+    )  # fmt: skip
+    kw = dict(channels=["pcna", "pcna", "dic", "otsu_mask"], flip="both", rotate90=True, seed=3)
+    plain = _mapper(**kw)(rec)
+    outs = [_mapper(augment=aug, **kw)(rec) for _ in range(2)]
+    assert torch.equal(outs[0]["image"], outs[1]["image"])  # seeded: reproducible
+    img = outs[0]["image"]
+    assert img.shape[0] == 4 and float(img.min()) >= 0 and float(img.max()) <= 1
+    assert torch.equal(plain["image"][2:], img[2:])  # DIC and the Otsu mask untouched
+    assert not torch.equal(plain["image"][0], img[0]) and torch.equal(img[0], img[1])
+    for key in ("boxes", "labels", "masks"):  # geometry is not photometry
+        assert torch.equal(plain["instances"][key], outs[0]["instances"][key])
+    test_out = _mapper(is_train=False, augment=aug, **kw)(rec)  # never at test time
+    assert torch.equal(test_out["image"], _mapper(is_train=False, **kw)(rec)["image"])
+
+
+def test_augment_from_quick_config_keeps_contract(tmp_path):
+    from pcna_seg.config.config import load_config
+
+    rec, _ = write_record(tmp_path, seed=11, n=14)
+    quick = Path(__file__).resolve().parents[2] / "configs/quick_schedules/quick_stage3_pcna.yaml"
+    cfg = load_config(str(quick), ["INPUT.CHANNELS", str(RECIPE)])
+    mapper = DatasetMapper.from_config(cfg, is_train=True, seed=0)
+    assert mapper.augment.enabled
+    for _ in range(4):
+        out = mapper(rec)
+        _check_contract(out, n_classes=int(cfg.MODEL.ROI_HEADS.NUM_CLASSES))
+        assert set(np.unique(out["image"][2].numpy())) <= {0.0, 1.0}  # otsu stays binary
+        assert _alignment(out) > 0.1

@@ -4,6 +4,7 @@ augmentation and the mapper contract with augmentation on."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,17 @@ import pytest
 from _roundtrip import assert_roundtrip
 from scipy import ndimage
 
+from pcna_seg.config.config import load_config
+from pcna_seg.config.defaults import get_default_config
+from pcna_seg.data import transforms as T
 from pcna_seg.data.converters import get_converter
 from pcna_seg.data.image_io import read_image
 from pcna_seg.data.synthetic import WRITERS, get_writer
 from pcna_seg.data.synthetic import nuclei as N
 from pcna_seg.data.synthetic import realism as R
+from pcna_seg.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Checksums of the clean (default) generator, recorded BEFORE the realistic mode was added:
 # the clean mode must stay pixel-identical so every existing test and benchmark is unchanged.
@@ -176,3 +183,60 @@ def test_every_writer_takes_a_style(tmp_path):
     for fmt in sorted(WRITERS):
         gt = get_writer(fmt)(tmp_path / fmt, seed=0, style="realistic")
         assert sum(int(g.labels.max()) for g in gt.images) > 0, fmt
+
+
+# ---------------------------------------------------------------------------------------------
+# photometric augmentation
+# ---------------------------------------------------------------------------------------------
+STRONG = T.PhotometricAugment(
+    enabled=True,
+    gamma=(0.5, 2.0),
+    contrast=(0.4, 1.6),
+    brightness=0.1,
+    blur_prob=1.0,
+    blur_sigma=(1.0, 2.0),
+    noise_prob=1.0,
+    noise_std=0.05,
+)
+
+
+def _image(seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.random((40, 50, 5)).astype(np.float32)
+    img[..., 4] = (img[..., 4] > 0.5).astype(np.float32)  # a binary otsu_mask plane
+    return img
+
+
+def test_augment_deterministic_and_fluorescence_only():
+    recipe = ["gray", "pcna", "dic", "pcna", "otsu_mask"]
+    img = _image()
+    a = T.photometric_augment(img, recipe, STRONG, np.random.default_rng(5))
+    b = T.photometric_augment(img, recipe, STRONG, np.random.default_rng(5))
+    c = T.photometric_augment(img, recipe, STRONG, np.random.default_rng(6))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)  # seeded → reproducible
+    assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+    assert np.array_equal(a[..., 2], img[..., 2]) and np.array_equal(a[..., 4], img[..., 4])  # dic, otsu
+    assert not np.array_equal(a[..., 0], img[..., 0]) and not np.array_equal(a[..., 1], img[..., 1])
+    assert np.array_equal(a[..., 1], a[..., 3])  # one draw per channel name
+    blur_dic = T.photometric_augment(img, recipe, replace(STRONG, blur_dic=True), np.random.default_rng(5))
+    assert not np.array_equal(blur_dic[..., 2], img[..., 2])  # DIC: blur only, on request
+    assert np.array_equal(blur_dic[..., 4], img[..., 4])
+    off = T.photometric_augment(img, recipe, replace(STRONG, enabled=False), np.random.default_rng(5))
+    assert np.array_equal(off, img)
+
+
+def test_augment_ranges_checked_and_config():
+    with pytest.raises(ConfigError, match="INPUT.AUGMENT.GAMMA"):
+        T.PhotometricAugment(gamma=(2.0, 1.0))
+    with pytest.raises(ConfigError, match="INPUT.AUGMENT.BLUR_SIGMA"):
+        T.PhotometricAugment(blur_sigma=(1.0,))
+    cfg = get_default_config()
+    assert T.PhotometricAugment.from_config(cfg.INPUT.AUGMENT) == T.PhotometricAugment()  # off
+    quick = load_config(str(ROOT / "configs/quick_schedules/quick_stage1_kaggle.yaml"))
+    aug = T.PhotometricAugment.from_config(quick.INPUT.AUGMENT)
+    assert aug.enabled and aug.gamma[0] < 1 < aug.gamma[1]
+    assert tuple(quick.INPUT.SCALE.TRAIN_JITTER) == (0.8, 1.25)
+    with pytest.raises(ConfigError, match="INPUT.AUGMENT.NOISE_STD"):
+        load_config(
+            str(ROOT / "configs/quick_schedules/quick_stage1_kaggle.yaml"), ["INPUT.AUGMENT.NOISE_STD", "2.0"]
+        )
