@@ -35,7 +35,7 @@ from pcna_seg.data.image_io import write_image
 from pcna_seg.data.rle_csv import mask_to_kaggle, write_rle_csv
 from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
 from pcna_seg.data.synthetic.nuclei import make_nuclei_image
-from pcna_seg.data.synthetic.realism import Realism, colourize, draw_style, resolve
+from pcna_seg.data.synthetic.realism import Realism, colourize, draw_style, resolve, stretch_uint8
 
 SizeSpec = int | tuple[int, int]
 
@@ -80,7 +80,7 @@ def write_sample(
         if rng.random() < realism.colour_fraction:
             image = colourize(rng, frame, style)
         else:
-            image = _colour(to_uint8(frame.channels["gray"], (0.0, 100.0)), 0 if rng.random() < 0.8 else 2)
+            image = _colour(stretch_uint8(frame.channels["gray"]), 0 if rng.random() < 0.8 else 2)
     sdir = Path(task["root"]) / sid
     (sdir / "masks").mkdir(parents=True, exist_ok=True)
     write_image(sdir / "images" / f"{sid}.png", image)
