@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 
 import pcna_seg
-from pcna_seg.cli_utils import setup_logging, user_errors_exit
+from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit
 
 
 def environment_info() -> dict[str, str]:
@@ -97,12 +97,12 @@ def _cmd_show(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pcna_seg", description=__doc__.split("\n")[0])
+    parser = ToolParser(prog="pcna_seg", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"pcna_seg {pcna_seg.__version__}")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=ToolParser)
     sub.add_parser("info", help="versions, CUDA, optional engines").set_defaults(func=_cmd_info)
     ds = sub.add_parser("datasets", help="list or show prepared datasets")
-    ds_sub = ds.add_subparsers(dest="action", required=True)
+    ds_sub = ds.add_subparsers(dest="action", required=True, parser_class=ToolParser)
     p_list = ds_sub.add_parser("list", help="registered and discoverable datasets")
     p_list.add_argument(
         "--root", default=None, help="datasets root (default $PCNA_SEG_DATASETS or ./datasets)"

@@ -90,6 +90,9 @@ def user_errors_exit(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: no message
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as exc:
             if debug:
                 raise

@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ os.umask(_UMASK)
 TMP_RE = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")  # what atomic_path names its temporary files
 STAGING = ".{name}.staging"  # a folder being built by --overwrite
 REPLACED = ".{name}.replaced"  # the old folder during the swap
+LOCK = ".{name}.lock"  # held while a run writes the folder
 
 
 @contextlib.contextmanager
@@ -127,19 +128,43 @@ def _recover_swap(path: Path) -> None:
         logger.warning("Restored %s, which an interrupted --overwrite run had moved aside", path)
 
 
+def check_not_input(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """OutputExistsError when output ``path`` is one of ``inputs`` or holds one of them.
+
+    Replacing such a folder (``--overwrite``) would delete the input; writing into it would mix
+    results with the data they come from.
+    """
+    out = Path(path).resolve()
+    for inp in inputs:
+        if inp is None or str(inp) == "" or not Path(inp).exists():
+            continue
+        src = Path(inp).resolve()
+        if src == out or out in src.parents:
+            raise OutputExistsError(
+                f"Output {path} is or holds the input {inp}; choose an output folder outside the inputs"
+            )
+
+
 def check_output_folder(
-    path: str | os.PathLike, *, overwrite: bool = False, resume: bool = False, can_resume: bool = False
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    can_resume: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
 ) -> str:
     """Decide what a tool may do with output folder ``path`` without touching it.
 
     Returns ``"new"`` (missing or empty), ``"resume"`` or ``"replace"``. Raises
     :class:`OutputExistsError` for a non-empty folder without ``resume``/``overwrite`` (naming
-    the folder and the ways out) and :class:`ConfigError` when ``path`` is a file or both flags
-    are given. Tools call it before any costly validation so that a refusal comes first.
+    the folder and the ways out), for an output that is or holds one of ``inputs``, and
+    :class:`ConfigError` when both flags are given. Tools call it before any costly validation
+    so that a refusal comes first.
     """
     path = Path(path)
     if overwrite and resume:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run or replace it")
+    check_not_input(path, inputs)
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"Output {path} exists and is not a folder; choose another output path")
     _recover_swap(path)
@@ -166,14 +191,15 @@ def output_folder(
     overwrite: bool = False,
     resume: bool = False,
     can_resume: bool = False,
-    keep_partial: bool = False,
+    keep_partial: bool | Callable[[Path], bool] = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
 ) -> Iterator[Path]:
     """Apply the output-folder rule to ``path`` and yield the folder to write into.
 
     - missing or empty, or ``resume``: ``path`` itself (created), leftovers removed. When the
       block fails, what it wrote into a new folder is removed again (nothing half-made is
-      left to be mistaken for a result), unless ``keep_partial`` (training: its checkpoints
-      are what ``--resume`` continues from);
+      left to be mistaken for a result), unless ``keep_partial`` (or ``keep_partial(folder)``
+      is true: training keeps a folder once it holds a checkpoint ``--resume`` can continue);
     - non-empty and ``overwrite``: a fresh hidden staging folder ``.<name>.staging`` beside it;
       when the block ends without an exception the old folder is moved aside, the staging
       folder renamed to ``path`` and the old one deleted. On an exception the staging folder
@@ -181,8 +207,43 @@ def output_folder(
     - non-empty otherwise: :class:`OutputExistsError` (see :func:`check_output_folder`).
     """
     path = Path(path)
-    mode = check_output_folder(path, overwrite=overwrite, resume=resume, can_resume=can_resume)
+    inputs = list(inputs)
+    check_output_folder(path, overwrite=overwrite, resume=resume, can_resume=can_resume, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path):  # a second run into the same output at the same time is refused
+        yield from _output_folder(path, overwrite, resume, can_resume, keep_partial, inputs)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``path`` (released if the process dies)."""
+    import fcntl
+
+    lock = path.parent / LOCK.format(name=path.name)
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputExistsError(
+                f"Another run is writing {path} right now; wait for it to finish or choose another output"
+            ) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+
+
+def _output_folder(
+    path: Path,
+    overwrite: bool,
+    resume: bool,
+    can_resume: bool,
+    keep_partial: bool | Callable[[Path], bool],
+    inputs: list[Any],
+) -> Iterator[Path]:
+    # checked again under the lock: another run may have written here since the first check
+    mode = check_output_folder(path, overwrite=overwrite, resume=resume, can_resume=can_resume, inputs=inputs)
     staging = path.parent / STAGING.format(name=path.name)
     if staging.exists():  # a killed --overwrite run's half-built folder
         shutil.rmtree(staging)
@@ -194,7 +255,8 @@ def output_folder(
         try:
             yield path
         except BaseException:
-            if mode == "new" and not keep_partial:
+            keep = keep_partial(path) if callable(keep_partial) else keep_partial
+            if mode == "new" and not keep:
                 _discard_new(path, keep_folder=existed)
             raise
         return

@@ -177,3 +177,23 @@ def test_failed_job_leaves_no_half_made_new_output(tmp_path):
             (d / "model_0000099.pth").write_text("ckpt")
             raise RuntimeError("killed")
     assert (out / "model_0000099.pth").exists()
+
+
+def test_two_runs_into_one_output_at_once_are_refused(tmp_path):
+    out = tmp_path / "ds"
+    with output_folder(out) as d:
+        (d / "a.json").write_text("1")
+        with pytest.raises(OutputExistsError, match="Another run is writing"):
+            with output_folder(out, overwrite=True):
+                pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no lock file left behind
+
+
+def test_output_that_is_or_holds_an_input_is_refused(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "img.tif").write_text("x")
+    for out in (data, tmp_path):
+        with pytest.raises(OutputExistsError, match="is or holds the input"):
+            check_output_folder(out, overwrite=True, inputs=[data / "img.tif", None])
+    check_output_folder(tmp_path / "elsewhere", inputs=[data])

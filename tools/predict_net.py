@@ -77,16 +77,15 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.tile < 0 or args.overlap < 0 or (args.tile and args.overlap >= args.tile):
         raise ConfigError(f"Need --tile >= 0 and 0 <= --overlap < --tile, got {args.tile} and {args.overlap}")
-    if args.diameter is not None and not args.diameter > 0:
+    if args.diameter is not None and not 0 < args.diameter < float("inf"):
         raise ConfigError(f"--diameter must be > 0 (nucleus diameter in pixels), got {args.diameter}")
     if not 0.0 <= args.score_thresh <= 1.0:
         raise ConfigError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
-    inp, out = Path(args.input).resolve(), Path(args.output).resolve()
-    if Path(args.input).exists() and (inp == out or out in inp.parents):
-        raise ConfigError(
-            f"--output {args.output} holds the input {args.input}; choose another output folder"
-        )
-    check_output_folder(args.output, overwrite=args.overwrite)  # refuse before loading anything
+    glob_parent = str(Path(args.input).parent) if any(c in args.input for c in "*?[") else None
+    inputs = [args.input, glob_parent]
+    check_output_folder(
+        args.output, overwrite=args.overwrite, inputs=inputs
+    )  # refuse before loading anything
     nms = [] if args.per_class_nms else ["MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC", "True"]
     opts = [*nms, *args.opts, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.score_thresh)]
     cfg = load_predict_config(args.weights, args.config_file, opts)

@@ -162,6 +162,11 @@ def plan_campaign(campaign_file: str | os.PathLike, opts: list[str] | None = Non
                 f"Stage config {rel!r} listed in CAMPAIGN.STAGES of {campaign_file} not found ({path})"
             )
         out = root / f"{i + 1}_{path.stem}"
+        if stage_opts and not isinstance(stage_opts[i], str):
+            raise ConfigError(
+                f"CAMPAIGN.STAGE_OPTS entry {i + 1} of {campaign_file} must be one string "
+                f'"KEY VALUE KEY VALUE", got {stage_opts[i]!r}'
+            )
         stage_opts_i = split_opts(stage_opts[i]) if stage_opts else []
         full = list(opts or []) + stage_opts_i + ["OUTPUT_DIR", str(out)]
         if ccfg.CAMPAIGN.CHAIN_WEIGHTS and stages and "MODEL.WEIGHTS" not in stage_opts_i:

@@ -29,20 +29,41 @@ _MAX_BASE_DEPTH = 16
 _INTERVAL_RE = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*$")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (the last would win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     """Read one YAML mapping; malformed YAML raises ConfigError naming file and line."""
+    if path.is_dir():
+        raise ConfigError(f"Config file {path} is a folder; give the path of a .yaml file")
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"Malformed YAML in {path}{where}: {problem}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"Config file {path} is empty; give at least one key (or _BASE_)")
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a mapping of keys, got {type(data).__name__}")
     return data

@@ -107,11 +107,25 @@ def write_coco(path: str | os.PathLike, records: list[Record], class_names: list
     return write_json_atomic(path, records_to_coco(records, class_names, path.parent))
 
 
+def _check_entries(path: Path, section: str, entries: Any, keys: tuple[str, ...]) -> None:
+    """DataError naming the file, section and entry when an entry is not a dict with ``keys``."""
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: '{section}' must be a list, got {type(entries).__name__}")
+    for i, entry in enumerate(entries):
+        missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            ident = entry.get("id", i) if isinstance(entry, dict) else i
+            raise DataError(f"{path}: {section} entry {ident} has no {', '.join(missing)}")
+
+
 def load_coco(path: str | os.PathLike) -> tuple[list[Record], dict[str, Any]]:
     """Read a COCO JSON into (records, metadata); ``metadata["thing_classes"]`` holds names.
 
     Accepts ``annotations`` as a list or as a dict keyed by id (LIVECell style). Category ids
-    are mapped to contiguous 0-based indices in the order of sorted ids.
+    are mapped to contiguous 0-based indices in the order of sorted ids. An image entry without
+    ``id``/``file_name``/``height``/``width``, an annotation without ``image_id``/``category_id``
+    /``segmentation``, or a category without ``id``/``name`` is a DataError naming the file and
+    the entry; annotations of images the file does not list are dropped with a warning.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,14 +133,30 @@ def load_coco(path: str | os.PathLike) -> tuple[list[Record], dict[str, Any]]:
     data = read_json(path)
     if not isinstance(data, dict) or "images" not in data:
         raise DataError(f"{path} is not a COCO file (no 'images' list)")
+    _check_entries(path, "categories", data.get("categories", []), ("id", "name"))
+    _check_entries(path, "images", data["images"], ("id", "file_name", "height", "width"))
     cats = sorted(data.get("categories", []), key=lambda c: c["id"])
     id_map = {c["id"]: i for i, c in enumerate(cats)}
     anns = data.get("annotations", [])
     if isinstance(anns, dict):
         anns = list(anns.values())
+    _check_entries(path, "annotations", anns, ("image_id", "category_id", "segmentation"))
     by_image: dict[Any, list[dict]] = {}
     for ann in anns:
         by_image.setdefault(ann["image_id"], []).append(ann)
+    empty = sum(1 for a in anns if not a["segmentation"])
+    if empty:
+        logger.warning("%s: %d annotation(s) have an empty segmentation; they are ignored", path, empty)
+    orphans = set(by_image) - {img["id"] for img in data["images"]}
+    if orphans:
+        n = sum(len(by_image[i]) for i in orphans)
+        logger.warning(
+            "%s: %d annotation(s) point at %d image id(s) the file does not list (e.g. %r); they are ignored",
+            path,
+            n,
+            len(orphans),
+            sorted(orphans, key=str)[0],
+        )
     root = path.parent
     records = []
     for img in data["images"]:

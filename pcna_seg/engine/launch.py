@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pcna_seg.errors import PcnaSegError
+from pcna_seg.errors import ConfigError, PcnaSegError
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,12 @@ def launch(
     A PcnaSegError raised in a worker is re-raised here with its one-line message.
     """
     global _LOCAL_RANK, _LOCAL_SIZE
+    if num_gpus_per_machine < 1 or num_machines < 1:
+        raise ConfigError(
+            f"--num-gpus and --num-machines must be >= 1, got {num_gpus_per_machine} and {num_machines}"
+        )
+    if not 0 <= machine_rank < num_machines:
+        raise ConfigError(f"--machine-rank must be in [0, {num_machines - 1}], got {machine_rank}")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         _LOCAL_RANK = int(os.environ.get("LOCAL_RANK", 0))
         _LOCAL_SIZE = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -157,7 +163,7 @@ def launch(
             dist.init_process_group(backend, init_method="env://", timeout=timedelta(minutes=30))
         logger.info("torchrun: rank %d of %d (local rank %d)", get_rank(), get_world_size(), _LOCAL_RANK)
         return main_func(*args)
-    world_size = max(1, num_gpus_per_machine) * max(1, num_machines)
+    world_size = num_gpus_per_machine * num_machines
     if world_size == 1:
         return main_func(*args)
     if dist_url == "auto":

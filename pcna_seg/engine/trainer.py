@@ -462,8 +462,9 @@ def run_train_net(
     out = Path(cfg.OUTPUT_DIR)
     has_ckpt = (out / "last_checkpoint").is_file() or bool(checkpoint_files(out))
     if cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file() and not (resume and has_ckpt):
+        what = "is a folder, not a weights file" if Path(cfg.MODEL.WEIGHTS).is_dir() else "file not found"
         raise WeightsError(
-            f"MODEL.WEIGHTS file not found: {cfg.MODEL.WEIGHTS} (give a checkpoint or torchvision .pth path, "
+            f"MODEL.WEIGHTS {what}: {cfg.MODEL.WEIGHTS} (give a checkpoint or torchvision .pth path, "
             "or MODEL.WEIGHTS '' for random initialisation)"
         )
     for name in [*cfg.DATASETS.TEST, *([] if eval_only else cfg.DATASETS.TRAIN)]:
@@ -477,7 +478,13 @@ def run_train_net(
         )
         staging = out.parent / STAGING.format(name=out.name)
         place = (
-            output_folder(out, overwrite=overwrite, resume=resume, can_resume=True, keep_partial=True)
+            output_folder(
+                out,
+                overwrite=overwrite,
+                resume=resume,
+                can_resume=True,
+                keep_partial=lambda d: bool(checkpoint_files(d)),  # a failed start leaves nothing
+            )
             if is_main_process()
             else contextlib.nullcontext(staging if mode == "replace" else out)
         )

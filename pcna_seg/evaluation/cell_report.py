@@ -31,7 +31,13 @@ import numpy as np
 from pcna_seg.errors import DataError
 from pcna_seg.evaluation.cell_metrics import CellEvaluator, FrameResult
 from pcna_seg.evaluation.report import _pyplot
-from pcna_seg.utils_io import atomic_path, output_folder, write_json_atomic, write_text_atomic
+from pcna_seg.utils_io import (
+    atomic_path,
+    check_output_folder,
+    output_folder,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 LABEL_SUFFIXES = ("tif", "tiff", "png")
@@ -72,10 +78,17 @@ def read_labels(path: Path) -> np.ndarray:
     arr = np.squeeze(np.asarray(read_image(path)))  # DataError names a missing or corrupt file
     if arr.ndim != 2:
         raise DataError(f"Label image {path} has shape {arr.shape}; expected one (H, W) plane")
+    if arr.dtype == bool or (arr.size and arr.max() == 1 and arr.min() == 0 and arr.dtype == np.uint8):
+        logger.warning(
+            "%s is a binary mask, not instance labels: touching nuclei count as one; label them first",
+            path,
+        )
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.mod(arr, 1) == 0):
             raise DataError(f"Label image {path} holds non-integer values ({arr.dtype})")
         arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise DataError(f"Label image {path} holds negative labels (min {arr.min()}); 0 is background")
     return arr
 
 
@@ -297,6 +310,9 @@ def evaluate_label_folders(
     ``gt``: a folder of label images, or a prepared dataset (COCO JSON path / dataset name).
     """
     pred = Path(pred)
+    check_output_folder(output, overwrite=overwrite, inputs=[gt, pred])  # refusals before any work
+    if Path(gt).resolve() == pred.resolve():
+        logger.warning("--gt and --pred are the same (%s): every score will be 1", pred)
     gt_is_folder = Path(gt).is_dir()
     looks_like_path = os.sep in str(gt) or "/" in str(gt) or Path(gt).suffix.lower() == ".json"
     if not gt_is_folder and looks_like_path and not Path(gt).is_file():
@@ -329,7 +345,7 @@ def evaluate_label_folders(
     result = ev.evaluate()
     cells = result["cells"]
     metrics = {"gt": str(gt), "pred": str(pred), "criterion": criterion, **result}
-    with output_folder(output, overwrite=overwrite) as out:
+    with output_folder(output, overwrite=overwrite, inputs=[gt, pred]) as out:
         write_json_atomic(out / "metrics.json", metrics, indent=1)
         plot_curves(cells, out / "f1_vs_iou.png")
         plot_count_errors(ev.frames, out / "count_errors.png")

@@ -132,7 +132,7 @@ class Predictor:
         from pcna_seg.engine.checkpoint import load_model_weights
         from pcna_seg.modeling import build_model
 
-        if not diameter >= 0:
+        if not 0 <= diameter < float("inf"):
             raise ConfigError(f"--diameter must be > 0 (nucleus diameter in pixels), got {diameter}")
         self.cfg = cfg
         meta = checkpoint_metadata(weights)

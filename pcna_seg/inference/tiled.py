@@ -133,6 +133,27 @@ def suppress_duplicates(pred: Prediction, cut: np.ndarray, iou_thresh: float = 0
     return kept_arr[np.argsort(-pred.scores[kept_arr], kind="stable")]
 
 
+def check_tile_size(tile: int, overlap: int, diameter: float) -> None:
+    """Tiles must hold whole nuclei: ConfigError when ``tile`` < 2 × the model's nucleus diameter
+    (model px, 0 = unknown); a warning when ``overlap`` is smaller than one diameter."""
+    if diameter <= 0:
+        return
+    if tile < 2 * diameter:
+        raise ConfigError(
+            f"--tile {tile} is too small for the nuclei this model was trained on (about {diameter:.0f} px "
+            f"across at model scale); use --tile >= {int(np.ceil(4 * diameter))} and --overlap >= "
+            f"{int(np.ceil(1.5 * diameter))}"
+        )
+    if overlap < diameter:
+        logger.warning(
+            "--overlap %d is smaller than the nuclei (about %.0f px at model scale): nuclei on tile "
+            "borders may be cut; use --overlap >= %d",
+            overlap,
+            diameter,
+            int(np.ceil(1.5 * diameter)),
+        )
+
+
 def predict_tiled(
     predictor: Predictor | PredictFn,
     channels: dict[str, np.ndarray],
@@ -149,6 +170,7 @@ def predict_tiled(
     untiled prediction and in training. A field no larger than one tile is predicted in one call.
     """
     if isinstance(predictor, Predictor):
+        check_tile_size(tile, overlap, predictor.pipeline.scale.model_diameter())
         native = predictor.normalize(channels)
         field = predictor.to_model_scale(native, predictor.input_diameter(channels))
         image = field.image.numpy()

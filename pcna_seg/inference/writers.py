@@ -342,7 +342,8 @@ def run_prediction(
     from pcna_seg.inference.tiled import predict_tiled
 
     check_inputs(predictor, frames)
-    with output_folder(output_dir, overwrite=overwrite) as target:
+    sources = sorted({str(fr.source) for fr in frames})  # an output holding an input is refused
+    with output_folder(output_dir, overwrite=overwrite, inputs=sources) as target:
         writer = PredictionWriter(target, predictor.class_names)
         for fr in tqdm(frames, desc="predict", unit="frame", disable=not progress):
             need = predictor.required_channels(fr.channels)

@@ -442,6 +442,9 @@ def build_unet_loaders(cfg: Any) -> tuple[DataLoader, DataLoader | None]:
     d = cfg.UNET.DATA
     if not d.TRAIN_H5:
         raise ConfigError("UNET.DATA.TRAIN_H5 is empty; make tiles with tools/tile_h5.py and set it")
+    from pcna_seg.unet.tile_split import check_split_files
+
+    check_split_files(str(d.TRAIN_H5), str(d.VAL_H5 or ""))
     expected = expected_from_cfg(cfg)
     seed = _loader_seed(cfg)
     nw = int(d.NUM_WORKERS)

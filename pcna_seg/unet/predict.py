@@ -313,12 +313,14 @@ def predict_unet(
     checked first, then the weights and every frame's headers, then frames are predicted (see
     the module docstring for ``overwrite``).
     """
-    check_output_folder(output_dir, overwrite=overwrite)
+    glob_parent = str(Path(inputs).parent) if any(c in str(inputs) for c in "*?[") else None
+    sources = [inputs, glob_parent]
+    check_output_folder(output_dir, overwrite=overwrite, inputs=sources)
     device = resolve_device(cfg.MODEL.DEVICE)
     model = load_unet(cfg, weights or cfg.UNET.WEIGHTS, device)
     frames = find_frames(inputs, list(cfg.UNET.CHANNELS))
     check_frames(frames)
-    with output_folder(output_dir, overwrite=overwrite) as out:
+    with output_folder(output_dir, overwrite=overwrite, inputs=sources) as out:
         return _predict_into(cfg, model, frames, out, device)
 
 

@@ -193,3 +193,46 @@ class _atomic_h5:
             f.close()
         for c in self.ctx.values():
             c.__exit__(*exc)
+
+
+def _split_attrs(path: str) -> tuple[str, str, list[str]]:
+    """(split, source_file, val_groups) attributes of a tile file; "" / [] when absent."""
+    try:
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            groups = [str(g) for g in np.atleast_1d(a.get("val_groups", []))]
+            return str(a.get("split", "")), str(a.get("source_file", "")), groups
+    except OSError:
+        return "", "", []  # unreadable: H5TileDataset names the file
+
+
+def check_split_files(train: str, val: str) -> None:
+    """ConfigError when training would see validation wells.
+
+    The files ``tools/tile_h5.py`` writes say which split they are (attrs ``split``,
+    ``source_file``, ``val_groups``): TRAIN_H5 must not be the validation file, the all-tiles
+    file (when a VAL_H5 is given) or the same file as VAL_H5, and both must come from one split.
+    """
+    if val and Path(train).resolve() == Path(val).resolve():
+        raise ConfigError(
+            f"UNET.DATA.TRAIN_H5 and UNET.DATA.VAL_H5 are the same file ({train}); "
+            "validation would be on training tiles"
+        )
+    t_split, t_src, t_groups = _split_attrs(train)
+    if t_split == "val":
+        raise ConfigError(f"UNET.DATA.TRAIN_H5 {train} is a validation split; use the *_train.h5 file")
+    if not val:
+        return
+    v_split, v_src, v_groups = _split_attrs(val)
+    if not t_split and v_split:
+        raise ConfigError(
+            f"UNET.DATA.TRAIN_H5 {train} holds every tile, the validation wells of {val} included; "
+            "train on the *_train.h5 file tools/tile_h5.py wrote"
+        )
+    if v_split == "train" or (t_split and not v_split):
+        raise ConfigError(f"UNET.DATA.VAL_H5 {val} is not a validation split; use the *_val.h5 file")
+    if t_split and v_split and (t_src != v_src or sorted(t_groups) != sorted(v_groups)):
+        raise ConfigError(
+            f"UNET.DATA.TRAIN_H5 {train} and UNET.DATA.VAL_H5 {val} come from different splits "
+            f"(sources {t_src} / {v_src}); use the pair one tools/tile_h5.py run wrote"
+        )

@@ -468,6 +468,10 @@ def run_tiling(
     s = settings_from_cfg(cfg)
     sources = discover_frames(frames, s.mode)
     n_workers = int(cfg.UNET.TILING.WORKERS) if workers is None else int(workers)
+    if n_workers < 0:
+        raise ConfigError(
+            f"--workers (UNET.TILING.WORKERS) must be >= 0 (0 = tile in this process), got {n_workers}"
+        )
     t = cfg.UNET.TILING
     split_args = (float(t.VAL_FRACTION), int(t.SPLIT_SEED), bool(t.MULTICLASS_ONLY))
     job = job_of(s, sources)

@@ -396,8 +396,9 @@ def train_unet(
     if resume and mode == "new":
         logger.info("--resume: %s is empty or missing; starting a new run", final)
     trainer = UNetTrainer(cfg, loaders, class_counts)
+    has_checkpoint = lambda d: (d / LAST).is_file()  # noqa: E731  (a failed start leaves nothing)
     with output_folder(
-        final, overwrite=overwrite, resume=resume, can_resume=True, keep_partial=True
+        final, overwrite=overwrite, resume=resume, can_resume=True, keep_partial=has_checkpoint
     ) as folder:
         trainer.out = folder
         summary = trainer.train(resume=resume and mode == "resume")

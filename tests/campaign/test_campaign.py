@@ -179,3 +179,13 @@ def test_describe_changes_names_keys_weights_and_data():
         "dataset file d/train.json (d_train) changed",
     ]
     assert describe_changes(old, old) == []
+
+
+def test_stage_opts_must_be_strings(tmp_path):
+    from pcna_seg.campaign.staged import plan_campaign
+
+    stage = ROOT / "configs/quick_schedules/quick_stage1_kaggle.yaml"
+    camp = tmp_path / "c.yaml"
+    camp.write_text(f"CAMPAIGN:\n  STAGES: ['{stage}']\n  STAGE_OPTS:\n    - [SOLVER.BASE_LR, 0.1]\n")
+    with pytest.raises(ConfigError, match="STAGE_OPTS entry 1 .* must be one string"):
+        plan_campaign(camp)

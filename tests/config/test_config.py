@@ -143,3 +143,18 @@ def test_every_shipped_config_loads():
         for part in key.split("."):
             node = node[part]
     assert cfg is not None
+
+
+def test_unreadable_config_files_are_one_line_naming_the_file(tmp_path):
+    cases = {
+        "latin1.yaml": (b"SOLVER:\n  BASE_LR: 0.1  # caf\xe9\n", "is not UTF-8"),
+        "empty.yaml": (b"", "is empty"),
+        "dup.yaml": (b"SOLVER:\n  MAX_ITER: 2\n  MAX_ITER: 3\n", "key 'MAX_ITER' is given twice"),
+    }
+    for name, (content, match) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ConfigError, match=match) as info:
+            load_config(tmp_path / name)
+        assert name in str(info.value)
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)

@@ -106,3 +106,38 @@ def test_same_name_under_another_root_is_resolved_again(tmp_path, monkeypatch):
     assert len(catalog.get_dataset("toyset", tmp_path / "b")) == 3
     catalog.register_dataset("toyset", lambda: [], {})  # explicit registration wins everywhere
     assert catalog.get_dataset("toyset", tmp_path / "a") == []
+
+
+def test_broken_coco_entries_name_the_file_and_entry(tmp_path, caplog):
+    import json
+
+    from pcna_seg.data.coco_io import load_coco
+    from pcna_seg.errors import DataError
+
+    good = {
+        "images": [{"id": 1, "file_name": "a.tif", "height": 8, "width": 8}],
+        "categories": [{"id": 1, "name": "nucleus"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 4, 0, 4, 4]]}],
+    }
+    broken = {
+        "no image_id": (
+            "annotations",
+            {"id": 7, "category_id": 1, "segmentation": []},
+            "annotations entry 7 has no image_id",
+        ),
+        "no height": ("images", {"id": 2, "file_name": "b.tif", "width": 8}, "images entry 2 has no height"),
+    }
+    for section, entry, match in broken.values():
+        data = json.loads(json.dumps(good))
+        data[section].append(entry)
+        (tmp_path / "c.json").write_text(json.dumps(data))
+        with pytest.raises(DataError, match=match):
+            load_coco(tmp_path / "c.json")
+    data = json.loads(json.dumps(good))
+    data["annotations"].append(
+        {"id": 9, "image_id": 42, "category_id": 1, "segmentation": [[0, 0, 2, 0, 2, 2]]}
+    )
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    with caplog.at_level("WARNING"):
+        records, _ = load_coco(tmp_path / "c.json")
+    assert len(records[0]["annotations"]) == 1 and "image id(s) the file does not list" in caplog.text

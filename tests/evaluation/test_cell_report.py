@@ -173,3 +173,25 @@ def test_matching_agrees_with_pycocotools():
     coco_tp = (img["dtMatches"] > 0).sum(axis=1)
     ours = evaluate_frame(gt, pred, criterion="ge")
     assert ours.tp.tolist() == coco_tp.tolist() and 0 < ours.tp[0] < 20
+
+
+def test_inputs_are_protected_and_bad_labels_named(folders, tmp_path, capsys):
+    gt, pred = folders
+    before = sorted(p.name for p in gt.iterdir())
+    _fails(
+        capsys,
+        ["--gt", str(gt), "--pred", str(pred), "--output", str(gt), "--overwrite"],
+        "is or holds the input",
+    )
+    _fails(
+        capsys,
+        ["--gt", str(gt), "--pred", str(pred), "--output", str(tmp_path), "--overwrite"],
+        "is or holds",
+    )
+    assert sorted(p.name for p in gt.iterdir()) == before
+    tifffile.imwrite(pred / "img1_labels.tif", -np.ones((96, 96), np.int16))
+    _fails(
+        capsys,
+        ["--gt", str(gt), "--pred", str(pred), "--output", str(tmp_path / "e")],
+        "img1_labels.tif holds negative",
+    )

@@ -191,3 +191,18 @@ def test_detections_at_a_limit_are_warned_once(make_predictor, caplog):
         predictor.predict_arrays(ch)
     warned = [r for r in caplog.records if "TEST.DETECTIONS_PER_IMAGE 25" in r.getMessage()]
     assert len(warned) == 1 and "--tile" in warned[0].getMessage()
+
+
+def test_tiles_too_small_for_the_nuclei_are_refused(make_predictor, caplog):
+    import dataclasses
+
+    from pcna_seg.errors import ConfigError
+
+    predictor = make_predictor()
+    predictor.pipeline.scale = dataclasses.replace(predictor.pipeline.scale, train_diameter=16.0)
+    ch, _ = field(256, 256)
+    with pytest.raises(ConfigError, match="--tile 8 is too small .*about 16 px"):
+        predict_tiled(predictor, ch, tile=8, overlap=0)
+    with caplog.at_level("WARNING"):
+        predict_tiled(predictor, ch, tile=96, overlap=8)
+    assert "--overlap 8 is smaller than the nuclei" in caplog.text

@@ -270,3 +270,20 @@ def test_checkpoint_carries_scale_and_classes_and_class_lists_must_agree(
         + ["--eval-only"]
     )
     assert (tmp_path / "d/out/eval/swapped_train/results.json").is_file()
+
+
+def test_a_failed_start_leaves_nothing_and_bad_process_counts(
+    capsys, data_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    _fails(capsys, _argv(data_root, tmp_path, "INPUT.CHANNELS", "['pcna','gfp','otsu_mask']"), "'gfp'")
+    _fails(capsys, _argv(data_root, tmp_path, "INPUT.SCALE.FACTOR", "0.01"), "INPUT.SCALE.MIN_OBJECT_PX")
+    assert not out.exists()  # no config.yaml / log.txt to make the corrected rerun refused
+    _tool().main(_argv(data_root, tmp_path))  # the corrected run needs no --overwrite
+    assert (out / "model_final.pth").is_file()
+    for flags in (["--num-gpus", "0"], ["--num-gpus", "-1"], ["--num-machines", "2", "--machine-rank", "5"]):
+        _fails(
+            capsys,
+            [*_argv(data_root, tmp_path / "g"), *flags],
+            flags[0] if flags[0] != "--num-machines" else "--machine-rank",
+        )

@@ -188,3 +188,28 @@ def test_predict_unet_mistakes(capsys, data, tmp_path: Path) -> None:
     assert (out / "counts.csv").read_text() == csv_before
     _tool("predict_unet").main([*_pred_argv(data, str(data["frames"]), out), "--overwrite"])
     assert (out / "counts.csv").read_text() == csv_before
+
+
+# ------------------------------------------------------------------------- inputs are never outputs
+def test_inputs_are_protected_and_splits_cannot_leak(capsys, data, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    shutil.copytree(data["frames"], frames)
+    before = sorted(p.name for p in frames.rglob("*"))
+    for out in (frames, tmp_path):  # the input folder itself, or a folder holding it
+        _fails(
+            capsys,
+            "predict_unet",
+            [*_pred_argv(data, str(frames), out), "--overwrite"],
+            "is or holds the input",
+        )
+    assert sorted(p.name for p in frames.rglob("*")) == before
+    _fails(capsys, "tile_h5", ["--config-file", str(data["cfg"]), "--frames", str(frames), "--out",
+                               str(tmp_path / "t.h5"), "--workers", "-1", *TILING], "--workers")  # fmt: skip
+    leaks = [
+        (["UNET.DATA.VAL_H5", str(data["train"])], "are the same file"),
+        (["UNET.DATA.TRAIN_H5", str(data["val"]), "UNET.DATA.VAL_H5", "''"], "is a validation split"),
+        (["UNET.DATA.TRAIN_H5", str(data["tiles"])], "holds every tile"),
+    ]
+    for extra, match in leaks:
+        _fails(capsys, "train_unet", _train_argv(data, tmp_path / "run", *extra), match)
+    assert not (tmp_path / "run").exists()
