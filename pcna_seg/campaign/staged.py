@@ -41,7 +41,7 @@ from pcna_seg.campaign.fingerprint import (
 )
 from pcna_seg.config import load_config
 from pcna_seg.errors import ConfigError
-from pcna_seg.utils_io import atomic_path, is_leftover, write_json_atomic, write_text_atomic
+from pcna_seg.utils_io import is_leftover, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 FINAL = "model_final.pth"
@@ -263,10 +263,9 @@ def write_pbs_scripts(ccfg: Any, stages: list[Stage]) -> Path:
 
 def plot_campaign(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     """Bar chart of segm/bbox AP50 per stage and test dataset (what people look at first)."""
-    import matplotlib
+    from pcna_seg.evaluation.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     bars = [(f"{r['index']}_{r['name']}\n{ds}", m) for r in rows for ds, m in r.get("metrics", {}).items()]
     if not bars:
@@ -281,10 +280,7 @@ def plot_campaign(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.set_title("campaign: held-out AP50 after each stage", fontsize=10)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=110)
 
 
 def run_campaign(

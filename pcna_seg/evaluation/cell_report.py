@@ -30,9 +30,8 @@ import numpy as np
 
 from pcna_seg.errors import DataError
 from pcna_seg.evaluation.cell_metrics import CellEvaluator, FrameResult
-from pcna_seg.evaluation.report import _pyplot
+from pcna_seg.evaluation.report import pyplot, save_figure
 from pcna_seg.utils_io import (
-    atomic_path,
     check_output_folder,
     output_folder,
     write_json_atomic,
@@ -174,7 +173,7 @@ def _outline(labels: np.ndarray) -> np.ndarray:
 
 
 def plot_curves(cells: dict[str, Any], out_png: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("precision", "recall", "f1", "pq"):
         ax.plot(cells["thresholds"], cells[key], marker="o", label=key)
@@ -182,14 +181,11 @@ def plot_curves(cells: dict[str, Any], out_png: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=100)
 
 
 def plot_count_errors(frames: Sequence[FrameResult], out_png: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     err = [f.n_pred - f.n_gt for f in frames]
     fig, ax = plt.subplots(figsize=(6, 4))
     lo, hi = min(err + [0]), max(err + [0])
@@ -197,10 +193,7 @@ def plot_count_errors(frames: Sequence[FrameResult], out_png: Path) -> Path:
     ax.axvline(0, color="k", lw=1)
     ax.set(xlabel="predicted − true nuclei per image", ylabel="images", title="count errors")
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=100)
 
 
 def plot_worst(
@@ -214,7 +207,7 @@ def plot_worst(
 
     ``truth``: ground-truth label images by key (dataset ground truth), else read from the pairs.
     """
-    plt = _pyplot()
+    plt = pyplot()
     order = sorted(range(len(per_frame)), key=lambda i: per_frame[i]["f1@0.5"])[:n]
     fig, axes = plt.subplots(1, len(order), figsize=(3.2 * len(order), 3.6), squeeze=False)
     for ax, i in zip(axes[0], order):
@@ -233,10 +226,7 @@ def plot_worst(
         ax.axis("off")
     fig.suptitle("worst images (green: ground truth, magenta: prediction)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=100)
 
 
 def markdown_report(

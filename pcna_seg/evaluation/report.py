@@ -11,13 +11,22 @@ import numpy as np
 from pcna_seg.utils_io import atomic_path
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, out_png: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically, close it, and return the path."""
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+    return out_png
 
 
 def plot_training_curves(metrics_json: str | os.PathLike, out_png: str | os.PathLike) -> Path:
@@ -28,7 +37,7 @@ def plot_training_curves(metrics_json: str | os.PathLike, out_png: str | os.Path
     from pcna_seg.engine.writers import read_metrics
 
     rows = read_metrics(metrics_json)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     loss_keys = sorted({k for r in rows for k in r if k == "total_loss" or k.startswith("loss_")})
     for key in loss_keys:
@@ -50,16 +59,12 @@ def plot_training_curves(metrics_json: str | os.PathLike, out_png: str | os.Path
     if ap_keys:
         axes[2].legend(fontsize=7)
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=100)
 
 
 def plot_confusion(confusion: dict[str, Any], out_png: str | os.PathLike) -> Path:
     """Heat map of a phase confusion dict (``rows``, ``columns``, ``matrix``) with counts."""
-    plt = _pyplot()
+    plt = pyplot()
     mat = np.asarray(confusion["matrix"])
     fig, ax = plt.subplots(figsize=(1.2 * mat.shape[1] + 2, 1.0 * mat.shape[0] + 1.5))
     ax.imshow(mat, cmap="Blues")
@@ -72,8 +77,4 @@ def plot_confusion(confusion: dict[str, Any], out_png: str | os.PathLike) -> Pat
     for (i, j), v in np.ndenumerate(mat):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black")
     fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=100)
