@@ -44,6 +44,13 @@ SHORT_EDGE = [
     "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256",
 ]  # fmt: skip
 DENSITY = 120 / 512**2  # nuclei per pixel, as in the training images
+# predict_net's defaults (score >= 0.5, class-agnostic NMS), and room for a dense 1024² field
+# (480 nuclei: more than the quick config's 300 proposals)
+PREDICT = [
+    "MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC", "True", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5",
+    "TEST.DETECTIONS_PER_IMAGE", "1000", "MODEL.RPN.PRE_NMS_TOPK_TEST", "3000",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "1500",
+]  # fmt: skip
 
 
 def train(work: Path, name: str, iters: int, extra: list[str]) -> Path:
@@ -113,17 +120,7 @@ def main() -> int:
                     if opts is not None
                     else ["INPUT.MIN_SIZE_TEST", str(side), "INPUT.MAX_SIZE_TEST", str(side)]
                 )
-                base = [
-                    "MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC",
-                    "True",
-                    "TEST.DETECTIONS_PER_IMAGE",
-                    "1000",
-                    "MODEL.RPN.PRE_NMS_TOPK_TEST",
-                    "3000",
-                    "MODEL.RPN.POST_NMS_TOPK_TEST",
-                    "1500",
-                    *o,
-                ]  # fmt: skip  (a 1024² field holds 480 nuclei: more proposals than the quick 300)
+                base = PREDICT + o  # the prediction tool's defaults, more proposals (see PREDICT)
                 pred = Predictor(load_predict_config(w, None, base), w)
                 whole, n_whole = f1(truth, pred.predict_arrays(chans))
                 tiled, n_tiled = f1(truth, predict_tiled(pred, chans, tile=256, overlap=64))
