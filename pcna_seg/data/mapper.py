@@ -172,6 +172,7 @@ class DatasetMapper:
             new_h, new_w = self.scale.train_factor(h0, w0, areas, rng)
         else:
             new_h, new_w = self.scale.test_factor(h0, w0, self.pipeline.test_diameter(loader))
+        self.scale.check_pixels(new_h, new_w, file_name)  # the same budget as prediction
         image = self.pipeline.to_model(image, (new_h, new_w))
         y0, x0, ch, cw = 0, 0, new_h, new_w
         if self.is_train and self.crop_enabled:
