@@ -238,8 +238,11 @@ def test_augment_from_quick_config_keeps_contract(tmp_path):
     from pcna_seg.config.config import load_config
 
     rec, _ = write_record(tmp_path, seed=11, n=14)
-    quick = Path(__file__).resolve().parents[2] / "configs/quick_schedules/quick_stage3_pcna.yaml"
-    cfg = load_config(str(quick), ["INPUT.CHANNELS", str(RECIPE)])
+    # the nucleus stages train with augmentation; stage 3 (phases from PCNA texture) without
+    stage3 = Path(__file__).resolve().parents[2] / "configs/quick_schedules/quick_stage3_pcna.yaml"
+    assert not DatasetMapper.from_config(load_config(str(stage3)), is_train=True).augment.enabled
+    quick = Path(__file__).resolve().parents[2] / "configs/quick_schedules/quick_stage1_kaggle.yaml"
+    cfg = load_config(str(quick), ["INPUT.CHANNELS", str(RECIPE), "MODEL.ROI_HEADS.NUM_CLASSES", "3"])
     mapper = DatasetMapper.from_config(cfg, is_train=True, seed=0)
     assert mapper.augment.enabled
     for _ in range(4):
