@@ -1,6 +1,11 @@
 """Shared test set-up: every test starts from the same dataset catalog."""
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/_cli.py for every test folder
 
 from pcna_seg.data import catalog
 

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from _cli import expect_error, load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("evaluate_tool", ROOT / "tools/evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("evaluate")
 
 
 def _labels(n: int, seed: int) -> np.ndarray:
@@ -46,12 +43,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _fails(capsys, argv: list[str], match: str) -> None:
-    with pytest.raises(SystemExit) as info:
-        _tool().main(argv)
-    assert info.value.code == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err and match in lines[0], err
+    expect_error(capsys, "evaluate", argv, match)
 
 
 def test_report_numbers_and_files(folders, tmp_path, capsys):

@@ -1,6 +1,5 @@
 """The data tools as a user runs them: exit codes, one-line errors, files written."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import expect_error, load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,21 +69,11 @@ def test_bad_input_is_one_line_exit_1(tmp_path, args, message):
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(name)
 
 
 def _fails(capsys, tool: str, argv: list[str], match: str) -> str:
-    with pytest.raises(SystemExit) as info:
-        _tool(tool).main(argv)
-    assert info.value.code == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert match in lines[0], lines[0]
-    return lines[0]
+    return expect_error(capsys, tool, argv, match)
 
 
 @pytest.fixture()

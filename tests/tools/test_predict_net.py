@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from _cli import expect_error, load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = ROOT / "configs/quick_schedules/quick_stage3_pcna.yaml"
@@ -18,10 +18,7 @@ NAMES = ["G1/G2", "S", "M"]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("predict_net_tool", ROOT / "tools/predict_net.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("predict_net")
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +60,7 @@ def _argv(env: Path, inp: str | Path, out: Path, *extra: str) -> list[str]:
 
 
 def _fails(capsys, argv: list[str], match: str) -> str:
-    with pytest.raises(SystemExit) as info:
-        _tool().main(argv)
-    assert info.value.code == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert match in lines[0], lines[0]
-    return lines[0]
+    return expect_error(capsys, "predict_net", argv, match)
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ output-folder rule (--resume / --overwrite); --eval-only refuses weights that do
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli import expect_error, load_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = str(ROOT / "configs/quick_schedules/quick_stage3_pcna.yaml")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("train_net_tool", ROOT / "tools/train_net.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("train_net")
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +38,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fails(capsys, argv: list[str], match: str) -> str:
-    with pytest.raises(SystemExit) as info:
-        _tool().main(argv)
-    assert info.value.code == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert match in lines[0], lines[0]
-    return lines[0]
+    return expect_error(capsys, "train_net", argv, match)
 
 
 def _argv(root: Path, tmp_path: Path, *opts: str) -> list[str]:

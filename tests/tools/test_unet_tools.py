@@ -4,7 +4,6 @@ a failed --overwrite keeps the earlier output; unchanged inputs are reused."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import shutil
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from _cli import expect_error, load_tool
 
 from pcna_seg.config import load_config
 from pcna_seg.data.synthetic.write_livedead import write as write_livedead
@@ -25,22 +25,11 @@ MODEL = ["MODEL.DEVICE", "cpu", "UNET.DEPTH", "1", "UNET.BASE_WIDTH", "2"]
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool(name)
 
 
 def _fails(capsys, tool: str, argv: list[str], *match: str) -> str:
-    with pytest.raises(SystemExit) as info:
-        _tool(tool).main(argv)
-    assert info.value.code == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for m in match:
-        assert m in lines[0], lines[0]
-    return lines[0]
+    return expect_error(capsys, tool, argv, *match)
 
 
 def _digest(path: Path) -> str:
