@@ -30,19 +30,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, default=3600)
     p.add_argument("--dead-fraction", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT as a whole")
     args = p.parse_args(argv)
     setup_logging()
     from pcna_seg.data.synthetic.write_livedead import write
+    from pcna_seg.utils_io import output_folder
 
-    gt = write(
-        args.out,
-        seed=args.seed,
-        wells=args.wells,
-        timepoints=args.timepoints,
-        height=args.height,
-        width=args.width,
-        dead_fraction=args.dead_fraction,
-    )
+    with output_folder(args.out, overwrite=args.overwrite) as target:
+        gt = write(
+            target,
+            seed=args.seed,
+            wells=args.wells,
+            timepoints=args.timepoints,
+            height=args.height,
+            width=args.width,
+            dead_fraction=args.dead_fraction,
+        )
     counts = Counter(c for img in gt.images for c in img.classes.values())
     live, dead = counts.get("live", 0), counts.get("dead", 0)
     print(f"livedead: {len(gt.images)} frames, {live} live, {dead} dead nuclei -> {args.out}")

@@ -202,3 +202,16 @@ def test_inputs_are_protected_and_splits_cannot_leak(capsys, data, tmp_path: Pat
     for extra, match in leaks:
         _fails(capsys, "train_unet", _train_argv(data, tmp_path / "run", *extra), match)
     assert not (tmp_path / "run").exists()
+
+
+def test_make_livedead_follows_the_output_folder_rule(capsys, tmp_path: Path) -> None:
+    out, small = tmp_path / "ld", ["--height", "64", "--width", "64", "--timepoints", "1"]
+    _tool("make_livedead").main([str(out), *small])
+    before = sorted(p.name for p in out.rglob("*"))
+    _fails(capsys, "make_livedead", [str(out), *small], "is not empty", "--overwrite")
+    _fails(capsys, "make_livedead", [str(tmp_path / "new"), *small, "--dead-fraction", "3"], "dead_fraction")
+    assert not (tmp_path / "new").exists()  # a refused run leaves nothing
+    _tool("make_livedead").main([str(out), *small, "--wells", "C1", "--overwrite"])
+    assert sorted(p.name for p in out.rglob("*")) != before and not list(
+        out.rglob("A1*")
+    )  # replaced, not mixed
