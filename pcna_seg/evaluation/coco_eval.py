@@ -9,8 +9,9 @@ RLE-encoded. Model classes map to dataset categories by name. Metrics are fracti
 maxDets = 100, which undercounts dense nuclei).
 
 Cell-level metrics (:mod:`pcna_seg.evaluation.cell_metrics`) come with AP: the detections
-scoring at least ``confusion_score`` are painted into one label image per frame (a pixel claimed
-twice goes to the higher score, as in prediction) and matched one-to-one to the ground truth:
+scoring at least ``confusion_score``, made one per nucleus by class-agnostic mask NMS (as the
+prediction tool does), are painted into one label image per frame (a pixel claimed twice goes
+to the higher score) and matched one-to-one to the ground truth:
 ``cells`` (F1 / PQ at IoU 0.5, DSB score, SEG, count MAE) and, for several classes, ``phases``
 (balanced accuracy of the phase called on matched nuclei).
 
@@ -229,14 +230,32 @@ def phase_confusion(
     }
 
 
+def one_per_nucleus(dts: list[dict[str, Any]], iou_thresh: float = 0.5) -> list[dict[str, Any]]:
+    """Class-agnostic mask NMS: drop a detection whose mask overlaps a better one by IoU > ``iou_thresh``.
+
+    Per-class NMS (what COCO AP rewards) can keep one detection per phase on the same nucleus;
+    cell counts and matching need one detection per nucleus, as the prediction tool gives.
+    """
+    order = sorted(dts, key=lambda r: -r["score"])
+    if len(order) < 2:
+        return order
+    rles = [r["segmentation"] for r in order]
+    ious = np.asarray(mask_utils.iou(rles, rles, [0] * len(rles)))
+    keep: list[int] = []
+    for i in range(len(order)):
+        if not keep or ious[i, keep].max() <= iou_thresh:
+            keep.append(i)
+    return [order[i] for i in keep]
+
+
 def label_images(
     coco_gt: COCO, dts: list[dict[str, Any]], img_id: Any, score_thresh: float
 ) -> tuple[np.ndarray, np.ndarray, dict[int, int], dict[int, int]]:
     """(gt labels, predicted labels, {gt label: class index}, {pred label: class index}) of one image.
 
-    ``dts``: that image's COCO results. Labels are 1-based positions in the image's annotation /
-    kept-detection lists; detections are painted by increasing score, so an overlap goes to the
-    higher-scoring one.
+    ``dts``: that image's COCO results, made one per nucleus (:func:`one_per_nucleus`). Labels
+    are 1-based positions in the image's annotation / kept-detection lists; detections are
+    painted by increasing score, so an overlap goes to the higher-scoring one.
     """
     info = coco_gt.imgs[img_id]
     h, w = int(info["height"]), int(info["width"])
@@ -248,7 +267,7 @@ def label_images(
         gt_cls[k + 1] = index[ann["category_id"]]
     pred = np.zeros((h, w), dtype=np.int32)
     pred_cls: dict[int, int] = {}
-    kept = [r for r in dts if "segmentation" in r and r["score"] >= score_thresh]
+    kept = one_per_nucleus([r for r in dts if "segmentation" in r and r["score"] >= score_thresh])
     for k, r in enumerate(sorted(kept, key=lambda r: r["score"])):
         pred[mask_utils.decode(r["segmentation"]).astype(bool)] = k + 1
         pred_cls[k + 1] = index[r["category_id"]]

@@ -152,3 +152,19 @@ def test_cell_level_metrics_come_with_ap(tmp_path: Path) -> None:
     missing = _run(COCOEvaluator("ev_cells"), [(masks[1:], cats[1:]), truth[1]])  # one nucleus missed
     assert missing["cells"]["count_mae"] == pytest.approx(0.5)
     assert missing["cells"]["f1@0.5"] == pytest.approx(2 * (n - 1) / (2 * (n - 1) + 1))
+
+
+def test_cell_metrics_count_one_detection_per_nucleus(tmp_path: Path) -> None:
+    """Per-class NMS may keep a second, lower-scoring phase on the same nucleus: not a second cell."""
+    truth = _dataset(tmp_path, "ev_dupes", n_images=1)
+    masks, cats = truth[0]
+    ev = COCOEvaluator("ev_dupes")
+    one = _predict(masks, cats)
+    other = _predict(masks, [(c + 1) % 3 for c in cats], shift=2)  # overlaps partly (IoU > 0.5)
+    other["scores"] = other["scores"] - 0.3  # still above the 0.5 score threshold
+    both = {k: torch.cat([one[k], other[k]]) for k in one}
+    inp = {"image": torch.zeros(3, 64, 64), "image_id": 0, "height": 64, "width": 64}
+    ev.process([inp], [both])
+    res = ev.evaluate()
+    assert res["cells"]["f1@0.5"] == 1.0 and res["cells"]["count_mae"] == 0.0
+    assert res["phases"]["balanced_accuracy"] == 1.0  # the better-scoring phase is the one kept
