@@ -30,20 +30,10 @@ import torch
 from pcna_seg.data.channels import GRAY, OTSU, resolve_otsu_source
 from pcna_seg.data.pipeline import InputPipeline, ModelInput
 from pcna_seg.errors import ConfigError, DataError, PcnaSegError, WeightsError
-from pcna_seg.modeling.instances import Prediction, _crop  # noqa: F401  (re-exported)
+from pcna_seg.modeling.instances import Prediction
 from pcna_seg.modeling.postprocess import to_prediction
 
 logger = logging.getLogger(__name__)
-
-
-def prediction_from_output(
-    output: dict[str, torch.Tensor],
-    orig_hw: tuple[int, int],
-    input_hw: tuple[int, int],
-    class_names: Sequence[str],
-) -> Prediction:
-    """One image's model output (input frame) → :class:`Prediction` at ``orig_hw``."""
-    return to_prediction(output, input_hw, orig_hw, class_names)
 
 
 def default_config_path(weights: str | os.PathLike) -> Path:

@@ -140,7 +140,7 @@ def test_config_from_checkpoint_and_mismatch(setup, tmp_path: Path) -> None:
 
 
 def test_model_output_is_rescaled_to_the_original_size() -> None:
-    from pcna_seg.inference.predictor import prediction_from_output
+    from pcna_seg.modeling.postprocess import to_prediction
 
     masks = torch.full((2, 1, 28, 28), 0.9)  # the mask head's box-frame probabilities
     masks[1] = 0.2  # below 0.5 everywhere: an empty mask, dropped
@@ -151,7 +151,7 @@ def test_model_output_is_rescaled_to_the_original_size() -> None:
         "masks": masks,
         "class_probs": torch.tensor([[0.1, 0.05, 0.05, 0.8], [0.3, 0.7, 0.0, 0.0]]),
     }
-    pred = prediction_from_output(out, (64, 64), (32, 32), NAMES)  # model saw the image at half size
+    pred = to_prediction(out, (32, 32), (64, 64), NAMES)  # model saw the image at half size
     assert len(pred) == 1 and pred.labels.tolist() == [2] and pred.phases == ["M"]
     np.testing.assert_allclose(pred.boxes[0], [16, 16, 48, 32])
     ys, xs = np.nonzero(pred.masks[0])  # pasted into the scaled box, within a pixel of its edges
@@ -170,11 +170,11 @@ def test_model_output_is_rescaled_to_the_original_size() -> None:
     pasted = {k: v for k, v in out.items() if k != "masks"}  # an engine that pastes masks itself
     pasted["image_masks"] = torch.zeros((2, 1, 32, 32))
     pasted["image_masks"][0, 0, 8:16, 8:24] = 0.9
-    two = prediction_from_output(pasted, (64, 64), (32, 32), NAMES)
+    two = to_prediction(pasted, (32, 32), (64, 64), NAMES)
     ys, xs = np.nonzero(two.masks[0])
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (16, 31, 16, 47)
 
     empty = {k: v[:0] for k, v in out.items()}
-    none = prediction_from_output(empty, (64, 64), (32, 32), NAMES)
+    none = to_prediction(empty, (32, 32), (64, 64), NAMES)
     assert len(none) == 0 and none.masks.shape == (0, 64, 64) and none.class_probs.shape == (0, 3)
     assert not none.to_label_image().any()
