@@ -114,6 +114,7 @@ def _worker(
     try:
         synchronize()
         main_func(*args)
+        synchronize()  # every rank is done before any tears the group down (gloo aborts otherwise)
     except PcnaSegError as exc:  # pass the one-line message to the parent
         errors.put(str(exc))
         raise SystemExit(1) from None
