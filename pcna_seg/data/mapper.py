@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pcna_seg.data import transforms as T
+from pcna_seg.data.boxes import boxes_from_masks
 from pcna_seg.data.channels import NON_FLUORESCENCE, Normalization
 from pcna_seg.data.pipeline import InputPipeline
 from pcna_seg.data.scale import ScalePolicy, record_areas
@@ -206,7 +207,7 @@ class DatasetMapper:
         keep = masks.reshape(len(anns), -1).any(axis=1) if len(anns) else np.zeros(0, dtype=bool)
         masks = masks[keep]
         label_arr = np.asarray(labels, dtype=np.int64)[keep] if len(anns) else np.zeros(0, dtype=np.int64)
-        boxes = T.boxes_from_masks(masks)
+        boxes = boxes_from_masks(masks)
         out_h, out_w = image.shape[:2]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),

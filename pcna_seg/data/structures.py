@@ -1,8 +1,9 @@
-"""Masks ↔ RLE ↔ polygons, boxes from masks, and label images ↔ instance masks.
+"""Masks ↔ RLE ↔ polygons, annotations, and label images ↔ instance masks.
 
 Conventions: a mask is a (H, W) bool/uint8 array, True = object. A label image is a (H, W)
 integer array, 0 = background, k > 0 = instance k. Boxes are ``[x, y, w, h]`` in absolute
-pixels (COCO XYWH_ABS) and always derived from the mask, never from polygon vertices.
+pixels (COCO XYWH_ABS) and always derived from the mask (:mod:`pcna_seg.data.boxes`), never
+from polygon vertices.
 RLE is pycocotools' compressed RLE dict ``{"size": [H, W], "counts": str}`` (column-major).
 """
 
@@ -14,6 +15,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from pcna_seg.data.boxes import bbox_slices, mask_to_bbox
 from pcna_seg.errors import DataError
 
 RLE = dict[str, Any]
@@ -71,15 +73,6 @@ def segmentation_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
     if isinstance(segm, list):
         return polygons_to_mask(segm, height, width)
     raise DataError(f"Unsupported segmentation type {type(segm).__name__}")
-
-
-def mask_to_bbox(mask: np.ndarray) -> list[float]:
-    """(H, W) bool mask → tight ``[x, y, w, h]`` (pixel-edge convention, w = x_max - x_min + 1)."""
-    ys = np.flatnonzero(np.any(mask, axis=1))
-    xs = np.flatnonzero(np.any(mask, axis=0))
-    if ys.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]
 
 
 def labels_to_masks(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -147,15 +140,6 @@ def annotation_area(ann: dict[str, Any], height: int, width: int) -> float:
             else 0.0
         )
     return float(ann.get("area", 0.0))
-
-
-def bbox_slices(mask: np.ndarray) -> tuple[slice, slice]:
-    """(row slice, column slice) of the tight box of a (H, W) bool mask; empty → 0×0 at (0, 0)."""
-    ys = np.flatnonzero(np.any(mask, axis=1))
-    if ys.size == 0:
-        return slice(0, 0), slice(0, 0)
-    xs = np.flatnonzero(np.any(mask, axis=0))
-    return slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)
 
 
 Crop = tuple[tuple[slice, slice], np.ndarray]

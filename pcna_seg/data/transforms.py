@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pcna_seg.data.boxes import bbox_slices
 from pcna_seg.data.channels import channel_role
 from pcna_seg.errors import ConfigError, DataError
 
@@ -137,32 +138,13 @@ def resample_mask_into(out: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols
     row/column (:func:`nearest_indices`, already restricted to the crop window). Only the
     mask's bounding box is resampled, so the cost follows the object size, not the image size.
     """
-    ys = np.flatnonzero(mask.any(axis=1))
-    if ys.size == 0:
+    ys, xs = bbox_slices(mask)
+    if ys.stop == ys.start:
         return
-    xs = np.flatnonzero(mask[ys[0] : ys[-1] + 1].any(axis=0))
-    r0, r1 = np.searchsorted(rows, ys[0], "left"), np.searchsorted(rows, ys[-1], "right")
-    c0, c1 = np.searchsorted(cols, xs[0], "left"), np.searchsorted(cols, xs[-1], "right")
+    r0, r1 = np.searchsorted(rows, ys.start, "left"), np.searchsorted(rows, ys.stop - 1, "right")
+    c0, c1 = np.searchsorted(cols, xs.start, "left"), np.searchsorted(cols, xs.stop - 1, "right")
     if r1 > r0 and c1 > c0:
         out[r0:r1, c0:c1] = mask[np.ix_(rows[r0:r1], cols[c0:c1])]
-
-
-def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) masks → (N, 4) float32 XYXY boxes with pixel-edge extents (x1 = last col + 1).
-
-    Empty masks give all-zero boxes (callers drop them)."""
-    n = masks.shape[0]
-    boxes = np.zeros((n, 4), dtype=np.float32)
-    if n == 0:
-        return boxes
-    rows_any = masks.any(axis=2)  # (N, H)
-    cols_any = masks.any(axis=1)  # (N, W)
-    for i in range(n):
-        ys = np.flatnonzero(rows_any[i])
-        xs = np.flatnonzero(cols_any[i])
-        if ys.size:
-            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
-    return boxes
 
 
 def sample_flip_rot(rng: np.random.Generator, flip: str, rotate90: bool) -> tuple[bool, bool, int]:

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from pcna_seg.data.boxes import mask_to_bbox
 from pcna_seg.data.image_io import write_image
 from pcna_seg.data.structures import (
     labels_to_masks,
-    mask_to_bbox,
     mask_to_polygons,
     masks_to_labels,
     polygons_to_mask,
