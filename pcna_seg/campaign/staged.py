@@ -226,7 +226,14 @@ def _headline(results: dict[str, Any]) -> dict[str, float]:
 
 
 def write_pbs_scripts(ccfg: Any, stages: list[Stage]) -> Path:
-    """Write one qsub script per stage and ``submit.sh`` chaining them with afterok."""
+    """Write one qsub script per stage and ``submit.sh`` chaining them with afterok.
+
+    Each script is rendered by :func:`pcna_seg.campaign.cluster.job_script` from the cluster
+    description ``CAMPAIGN.PBS_RESOURCES`` makes (the template dask-jobqueue's PBS workers of a
+    sweep use too): ``#PBS -N``, ``-l`` resources, ``-l walltime``, ``-j oe``, ``cd`` to the repo.
+    """
+    from pcna_seg.campaign.cluster import job_script, pbs_spec_from_resources
+
     root = Path(ccfg.OUTPUT_DIR) / "pbs"
     repo = Path(__file__).resolve().parents[2]
     lines = [
@@ -236,22 +243,18 @@ def write_pbs_scripts(ccfg: Any, stages: list[Stage]) -> Path:
     ]
     prev = ""
     for st in stages:
-        cmd = shlex.join(
-            [
-                sys.executable,
-                str(repo / "tools" / "train_net.py"),
-                "--config-file",
-                str(st.config_file.resolve()),
-                "--resume",
-                *st.opts,
-            ]
-        )
+        cmd = [
+            sys.executable,
+            str(repo / "tools" / "train_net.py"),
+            "--config-file",
+            str(st.config_file.resolve()),
+            "--resume",
+            *st.opts,
+        ]
+        name = f"{ccfg.CAMPAIGN.NAME or 'campaign'}_{st.index}"
+        spec = pbs_spec_from_resources(ccfg.CAMPAIGN.PBS_RESOURCES, name, [f"cd {shlex.quote(str(repo))}"])
         script = root / f"stage{st.index}_{st.name}.pbs"
-        write_text_atomic(
-            script,
-            f"#!/bin/bash\n#PBS -N {ccfg.CAMPAIGN.NAME or 'campaign'}_{st.index}\n"
-            f"#PBS -l {ccfg.CAMPAIGN.PBS_RESOURCES}\n#PBS -j oe\ncd {repo}\n{cmd}\n",
-        )
+        write_text_atomic(script, job_script(spec, cmd))
         dep = f"-W depend=afterok:${prev} " if prev else ""
         lines.append(f"J{st.index}=$(qsub {dep}{script})")
         prev = f"J{st.index}"
