@@ -36,6 +36,8 @@ setup(
     ],
     extras_require={
         "tensorboard": ["tensorboard>=2.12"],
+        # sweeps on dask (LocalCluster / a scheduler) and PBS/SLURM job scripts (campaign pbs executor)
+        "cluster": ["dask>=2024.1", "distributed>=2024.1", "dask-jobqueue>=0.8.5"],
         "dev": ["pytest>=7", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["pcna_seg=pcna_seg.__main__:main"]},
