@@ -25,13 +25,16 @@ _C.MODEL.PIXEL_MEAN = [0.0, 0.0, 0.0]  # per input channel, applied after INPUT 
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]  # per input channel
 
 _C.MODEL.BACKBONE = CN()
-_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"  # the only backbone built (ResNet + FPN)
 _C.MODEL.BACKBONE.FREEZE_AT = 2  # 0 = train all; k = freeze stem + first k-1 res stages
 
 _C.MODEL.RESNETS = CN()
 _C.MODEL.RESNETS.DEPTH = 50  # 18, 34, 50 or 101
 _C.MODEL.RESNETS.NORM = "FrozenBN"  # "FrozenBN" or "BN"
-_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # must contain MODEL.FPN.IN_FEATURES
+_C.MODEL.RESNETS.STRIDE_IN_1X1 = False  # R50/101: stride in the 1x1 conv (MSRA / detectron2 zoo weights)
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 0  # 0 = standard (64); other widths for R18/34 only
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 0  # 0 = standard (64 for R18/34, 256 for R50/101)
 
 _C.MODEL.FPN = CN()
 _C.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
@@ -40,6 +43,10 @@ _C.MODEL.FPN.OUT_CHANNELS = 256  # FPN width; small values make CPU training fea
 _C.MODEL.ANCHOR_GENERATOR = CN()
 _C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]  # one list per FPN level
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+# "TorchvisionAnchorGenerator" (rounded to whole pixels, ratio-major; torchvision weights) or
+# "DefaultAnchorGenerator" (detectron2's: exact, size-major; detectron2 weights)
+_C.MODEL.ANCHOR_GENERATOR.NAME = "TorchvisionAnchorGenerator"
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0  # anchor centre offset, fraction of the stride (DefaultAnchorGenerator)
 
 _C.MODEL.RPN = CN()
 _C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
@@ -52,7 +59,7 @@ _C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
 _C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
 
 _C.MODEL.ROI_HEADS = CN()
-_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"  # the only RoI heads built (no cascade)
 _C.MODEL.ROI_HEADS.NUM_CLASSES = 1  # foreground classes (names come from dataset metadata)
 _C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512  # RoIs sampled per image for the heads
 _C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
@@ -63,10 +70,16 @@ _C.MODEL.ROI_HEADS.ONE_CLASS_PER_BOX = True  # one detection per proposal (top c
 _C.MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC = False  # True: one detection per nucleus whatever its phase
 
 _C.MODEL.ROI_BOX_HEAD = CN()
+_C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"  # two FC layers of FC_DIM (the only box head built)
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlign"  # "ROIAlign" (unaligned; torchvision) or "ROIAlignV2" (aligned)
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2  # RoIAlign samples per bin side; 0 = adaptive
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024  # width of the two-layer MLP box head
 _C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
 
 _C.MODEL.ROI_MASK_HEAD = CN()
+_C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"  # NUM_CONV 3x3 convs + deconv (the only one)
+_C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlign"  # as ROI_BOX_HEAD.POOLER_TYPE
+_C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 2
 _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256  # mask-head width
 _C.MODEL.ROI_MASK_HEAD.NUM_CONV = 4  # mask-head depth
 _C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
@@ -305,6 +318,11 @@ VALUE_RANGES: dict[str, str] = {
     "INPUT.SATURATION.LOW": "[0, 100]",
     "INPUT.SATURATION.HIGH": "[0, 100]",
     "INPUT.SATURATION.GAMMA": "(0, inf)",
+    "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": "[0, inf)",
+    "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": "[0, inf)",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS": "[0, inf)",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": "[0, inf)",
+    "MODEL.ANCHOR_GENERATOR.OFFSET": "[0, 1)",
     "INPUT.OTSU.SIGMA": "[0, inf)",
     "INPUT.SCALE.FACTOR": "(0, inf)",
     "INPUT.SCALE.DIAMETER": "[0, inf)",
