@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pcna_seg.data.tiles import axis_windows, check_overlap
 from pcna_seg.errors import ConfigError, DataError
 from pcna_seg.inference.predictor import Prediction, Predictor
 
@@ -55,26 +56,13 @@ class Window:
     cx1: int
 
 
-def _axis(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """(start, end, core_start, core_end) of the windows along one axis of length ``size``."""
-    if size <= tile:
-        return [(0, size, 0, size)]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride)) + [size - tile]
-    bounds = [0] + [(starts[i + 1] + starts[i] + tile) // 2 for i in range(len(starts) - 1)] + [size]
-    return [(s, s + tile, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
-
-
 def tile_windows(height: int, width: int, tile: int, overlap: int) -> list[Window]:
     """The windows covering an (height, width) field, row by row; their cores partition it."""
-    if tile <= 0:
-        raise ConfigError(f"--tile must be > 0 for tiled prediction, got {tile}")
-    if not 0 <= overlap < tile:
-        raise ConfigError(f"--overlap must be >= 0 and smaller than --tile ({tile}), got {overlap}")
+    check_overlap(tile, overlap, "--tile", "--overlap")
     return [
         Window(y0, y1, x0, x1, cy0, cy1, cx0, cx1)
-        for (y0, y1, cy0, cy1) in _axis(height, tile, overlap)
-        for (x0, x1, cx0, cx1) in _axis(width, tile, overlap)
+        for (y0, y1, cy0, cy1) in axis_windows(height, tile, overlap)
+        for (x0, x1, cx0, cx1) in axis_windows(width, tile, overlap)
     ]
 
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from yacs.config import CfgNode
 
 from pcna_seg.data.image_io import check_pixels, read_image, write_image
+from pcna_seg.data.tiles import check_overlap, tile_starts
 from pcna_seg.engine.checkpoint import read_checkpoint
 from pcna_seg.errors import ConfigError, DataError, WeightsError
 from pcna_seg.unet import viz
@@ -68,18 +69,6 @@ def blend_window(tile: int, kind: str = "gaussian") -> np.ndarray:
     return np.outer(w1, w1).astype(np.float32)
 
 
-def tile_starts(length: int, tile: int, max_stride: int) -> np.ndarray:
-    """Evenly spaced tile offsets from 0 to ``length - tile`` with spacing <= ``max_stride``.
-
-    Even spacing (rather than shifting only the last tile) keeps every tile edge near the
-    centre of a neighbour, so the blend never leans on a tile's border pixels.
-    """
-    if length <= tile:
-        return np.zeros(1, np.int64)
-    n = -(-(length - tile) // max_stride) + 1
-    return np.round(np.linspace(0, length - tile, n)).astype(np.int64)
-
-
 @torch.no_grad()
 def predict_probs(
     model: torch.nn.Module,
@@ -100,15 +89,14 @@ def predict_probs(
     divisor = getattr(model, "divisor", 1)
     if tile % divisor:
         raise ConfigError(f"UNET.INFER.TILE {tile} must be divisible by {divisor} (2**UNET.DEPTH)")
-    if not 0 <= overlap < tile:
-        raise ConfigError(f"UNET.INFER.OVERLAP must be in [0, TILE), got {overlap} for tile {tile}")
+    check_overlap(tile, overlap, "UNET.INFER.TILE", "UNET.INFER.OVERLAP")
     c, h, w = image.shape
     ph, pw = max(0, tile - h), max(0, tile - w)
     if ph or pw:
         image = np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > 1 else "edge")
     hh, ww = image.shape[1:]
     stride = tile - overlap
-    ys, xs = tile_starts(hh, tile, stride), tile_starts(ww, tile, stride)
+    ys, xs = tile_starts(hh, tile, stride, "even"), tile_starts(ww, tile, stride, "even")
     positions = [(y, x) for y in ys for x in xs]
     win = blend_window(tile, blend)
     device = torch.device(device)

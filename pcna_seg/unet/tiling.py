@@ -42,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pcna_seg.data.image_io import check_pixels, read_image
+from pcna_seg.data.tiles import tile_starts
 from pcna_seg.errors import ConfigError, DataError
 from pcna_seg.unet.targets import MODE_CLASSES, MODE_LABEL_KIND, check_label_values, check_mode, make_targets
 from pcna_seg.unet.tile_jobs import (
@@ -163,16 +164,6 @@ def discover_frames(root: str | os.PathLike, mode: str = "livedead") -> list[Fra
     return out
 
 
-def tile_positions(length: int, tile: int, stride: int) -> np.ndarray:
-    """Start offsets along one axis: 0, stride, 2·stride, … and a last one at ``length - tile``."""
-    if tile > length:
-        raise ValueError(f"tile {tile} larger than axis length {length}")
-    pos = list(range(0, length - tile + 1, stride))
-    if pos[-1] != length - tile:
-        pos.append(length - tile)
-    return np.asarray(pos, dtype=np.int64)
-
-
 def normalize_frame(image: np.ndarray, method: str, percentiles: Sequence[float] = (1.0, 99.8)) -> np.ndarray:
     """(C, H, W) integer/float image → (C, H, W) float32 scaled per channel to about [0, 1].
 
@@ -264,7 +255,7 @@ def tile_frame(src: FrameSource, frame_index: int, s: TilingSettings) -> dict[st
     image, target = read_frame(src, s)
     norm = normalize_frame(image, s.normalization, s.percentiles).astype(np.float16)
     t = s.tile
-    ys, xs = tile_positions(image.shape[1], t, s.stride), tile_positions(image.shape[2], t, s.stride)
+    ys, xs = tile_starts(image.shape[1], t, s.stride), tile_starts(image.shape[2], t, s.stride)
     n = len(ys) * len(xs)
     data = np.empty((n, image.shape[0], t, t), np.float16)
     labels = np.empty((n, t, t), np.uint8)

@@ -21,7 +21,6 @@ from pcna_seg.unet.tiling import (
     normalize_frame,
     partial_path,
     read_frame,
-    tile_positions,
     tile_to_h5,
 )
 
@@ -47,14 +46,6 @@ def _content(path: Path) -> dict:
         out = {name: f[name][:] for name in (*ARRAYS, "frames", "groups")}
         out["attrs"] = {k: np.asarray(v).tolist() for k, v in f.attrs.items()}
     return out
-
-
-def test_positions_shift_last_tile_inward():
-    assert tile_positions(2700, 160, 80).tolist()[-2:] == [2480, 2540]
-    assert len(tile_positions(2700, 160, 80)) * len(tile_positions(3600, 160, 80)) == 33 * 44
-    assert tile_positions(160, 160, 80).tolist() == [0]
-    with pytest.raises(ValueError):
-        tile_positions(100, 160, 80)
 
 
 def test_every_tile_traces_back_and_borders_are_covered(frames, tmp_path):
