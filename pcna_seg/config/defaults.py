@@ -285,6 +285,10 @@ _C.CAMPAIGN.STAGES = []  # stage config files (relative to the campaign file), r
 _C.CAMPAIGN.STAGE_OPTS = []  # optional, one string per stage: "KEY VALUE KEY VALUE" overrides
 _C.CAMPAIGN.CHAIN_WEIGHTS = True  # stage k starts from stage k-1's model_final.pth
 _C.CAMPAIGN.EXECUTOR = "local"  # "local" (run now) or "pbs" (write qsub scripts chained by afterok)
+_C.CAMPAIGN.STAGE_NAMES = []  # optional, one label per stage (folder <k>_<label>); default: file stem
+# optional, one per stage: "" default, "none" random init, "<k>" stage k's final weights, or a file
+_C.CAMPAIGN.START_FROM = []
+_C.CAMPAIGN.SEEDS = []  # [] = one run; [0, 1, 2] repeats the campaign per SEED into OUTPUT_DIR/seed<s>/
 _C.CAMPAIGN.PBS_RESOURCES = "select=1:ncpus=8:ngpus=1,walltime=24:00:00"  # #PBS -l line
 
 
