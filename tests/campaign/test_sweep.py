@@ -1,0 +1,225 @@
+"""Sweep spec, trial expansion and dry runs without training: bad input is one clear error before
+any trial starts; --dry-run with a PBS (or SLURM) cluster section prints a valid job script."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from _cli import expect_error, load_tool
+
+from pcna_seg.campaign import cluster, sweep
+from pcna_seg.campaign.staged import plan_campaign, write_pbs_scripts
+from pcna_seg.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+UNET_BASE = str(ROOT / "configs/unet/livedead_quick.yaml")
+NET_BASE = str(ROOT / "configs/quick_schedules/quick_stage1_kaggle.yaml")
+
+
+def _write(tmp_path: Path, **spec) -> Path:
+    data = {
+        "name": "t",
+        "trainer": "unet",
+        "base": UNET_BASE,
+        "output_dir": str(tmp_path / "out"),
+        "metric": "pr_auc_mean",
+        "grid": {"UNET.SOLVER.BASE_LR": [0.01, 0.05]},
+    }
+    data.update(spec)
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        (
+            {"grid": {"UNET.SOLVER.BASE_LRR": [0.1]}},
+            r"'UNET.SOLVER.BASE_LRR' is not a config key; did you mean UNET.SOLVER.BASE_LR\?",
+        ),
+        ({"grid": {"UNET.SOLVER": [0.1]}}, r"'UNET.SOLVER' is not a config key"),
+        ({"grid": {"UNET.DROPOUT": []}}, r"grid axis UNET.DROPOUT in .* has no values"),
+        ({"grid": {}}, r"has no axes"),
+        ({"random": {"samples": 2, "axes": {}}}, r"random in .* has no axes"),
+        (
+            {"random": {"axes": {"UNET.DROPOUT": {"gauss": [0, 1]}}}},
+            r"Unknown key 'gauss' .*valid keys: uniform",
+        ),
+        ({"random": {"axes": {"UNET.DROPOUT": {"uniform": [0.5, 0.1]}}}}, r"low <= high"),
+        (
+            {"metric": "pr_auc_men"},
+            r"'pr_auc_men' .* not reported by U-Net training; did you mean pr_auc_mean\?",
+        ),
+        ({"metric": "segm/AP5", "trainer": "train_net", "base": NET_BASE}, r"not reported by Mask R-CNN"),
+        ({"trainer": "unet2"}, r"trainer in .* must be one of unet, train_net, campaign"),
+        (
+            {"executor": {"kind": "dask", "cluster": {"kind": "pbs", "queu": "x"}}},
+            r"Unknown key 'queu' .*did you mean queue\?",
+        ),
+        ({"executor": {"kind": "dask", "cluster": {"kind": "lsf"}}}, r"kind must be one of pbs, slurm"),
+        ({"opts": {"UNET.SOLVER.EPOCH": 2}}, r"did you mean UNET.SOLVER.EPOCHS\?"),
+        ({"grid": {"UNET.DEPTH": [2, "deep"]}}, r"Trial .*UNET.DEPTH expects int"),
+    ],
+)
+def test_bad_sweeps_fail_before_any_trial(tmp_path: Path, spec: dict, match: str) -> None:
+    path = _write(tmp_path, **spec)
+    with pytest.raises(ConfigError, match=match):
+        sweep.plan(sweep.load_sweep(path))
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_missing_dask_jobqueue_is_one_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    real = cluster.importlib.import_module
+
+    def no_jobqueue(name: str, *a):
+        if name.startswith("dask_jobqueue"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *a)
+
+    monkeypatch.setattr(cluster.importlib, "import_module", no_jobqueue)
+    path = _write(tmp_path, executor={"kind": "dask", "cluster": {"kind": "slurm", "queue": "gpu"}})
+    expect_error(
+        capsys, "sweep", [str(path), "--dry-run"], "SLURM cluster needs dask-jobqueue", "pip install"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_trials_grid_random_seeded_and_identical_configs_merged(tmp_path: Path) -> None:
+    rnd = {
+        "samples": 3,
+        "seed": 7,
+        "axes": {
+            "UNET.DROPOUT": {"uniform": [0.0, 0.5]},
+            "UNET.SOLVER.WEIGHT_DECAY": {"loguniform": [1e-5, 1e-3]},
+            "UNET.DATA.BATCH_SIZE": {"choice": [8, 16]},
+            "UNET.DEPTH": {"randint": [2, 3]},
+        },
+    }
+    # 0.05 and 5e-2 resolve to the same config: one trial, not two
+    spec = sweep.load_sweep(_write(tmp_path, grid={"UNET.SOLVER.BASE_LR": [0.01, 0.05, 5e-2]}, random=rnd))
+    trials = sweep.expand_trials(spec)
+    assert len(trials) == 2 * 3
+    again = sweep.expand_trials(sweep.load_sweep(spec.file))
+    assert [t.id for t in again] == [t.id for t in trials]  # same seed, same trials, same folders
+    for t in trials:
+        assert 0.0 <= t.values["UNET.DROPOUT"] <= 0.5 and 1e-5 <= t.values["UNET.SOLVER.WEIGHT_DECAY"] <= 1e-3
+        assert t.values["UNET.DATA.BATCH_SIZE"] in (8, 16) and t.values["UNET.DEPTH"] in (2, 3)
+        cfg = yaml.safe_load(t.config_text)
+        assert cfg["UNET"]["DROPOUT"] == t.values["UNET.DROPOUT"]
+        assert cfg["OUTPUT_DIR"] == str((t.dir / "run").resolve())
+        assert t.dir.name == t.id and re.fullmatch(r"[0-9a-f]{12}", t.id)
+    other = sweep.expand_trials(sweep.load_sweep(_write(tmp_path, random={**rnd, "seed": 8})))
+    assert {t.values["UNET.DROPOUT"] for t in other}.isdisjoint({t.values["UNET.DROPOUT"] for t in trials})
+
+
+PBS_DIRECTIVE = re.compile(r"^#PBS -(N \S{1,236}|q \S+|A \S+|l \S+|j oe|e \S+|o \S+|W \S+|m \w+|M \S+)$")
+
+
+def _check_pbs_script(text: str) -> list[str]:
+    """A PBS job script qsub accepts: shebang, then only #PBS directives of known form up to the
+    first command, walltime HH:MM:SS, a select statement, and bash syntax that parses."""
+    lines = text.splitlines()
+    assert lines[0].startswith("#!") and "bash" in lines[0]
+    body = [ln for ln in lines[1:] if ln.strip()]
+    directives = [ln for ln in body if ln.startswith("#PBS")]
+    first_cmd = next(i for i, ln in enumerate(body) if not ln.startswith("#"))
+    assert all(ln.startswith("#PBS") for ln in body[:first_cmd]) and directives == body[:first_cmd]
+    for ln in directives:
+        assert PBS_DIRECTIVE.match(ln), ln
+    walltimes = [ln for ln in directives if ln.startswith("#PBS -l walltime=")]
+    assert len(walltimes) == 1 and re.fullmatch(r"#PBS -l walltime=\d+:\d\d:\d\d", walltimes[0])
+    assert any(re.match(r"#PBS -l select=\d+(:\w+=\w+)+$", ln) for ln in directives)
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    return directives
+
+
+def test_dry_run_prints_valid_pbs_worker_script_without_a_cluster(tmp_path: Path, capsys) -> None:
+    section = {
+        "kind": "pbs",
+        "queue": "gpuq",
+        "account": "proj42",
+        "walltime": "02:00:00",
+        "resource_spec": "select=1:ncpus=4:ngpus=1:mem=16gb",
+        "job_extra_directives": ["-j oe"],
+        "local_directory": "$TMPDIR",
+        "job_script_prologue": ["module load cuda"],
+        "jobs": 3,
+    }
+    path = _write(
+        tmp_path, executor={"kind": "dask", "cluster": section}, resources={"cpus": 4, "memory": "16GB"}
+    )
+    load_tool("sweep").main([str(path), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "2 pending" in out and "dask-jobqueue PBS cluster, 3 job(s)" in out
+    script = out[out.index("#!/usr/bin/env bash") :]
+    directives = _check_pbs_script(script)
+    assert {
+        "#PBS -q gpuq",
+        "#PBS -A proj42",
+        "#PBS -l select=1:ncpus=4:ngpus=1:mem=16gb",
+        "#PBS -l walltime=02:00:00",
+        "#PBS -j oe",
+    } <= set(directives)
+    assert "module load cuda" in script and f"cd {ROOT}" in script
+    worker = script.strip().splitlines()[-1]
+    assert "-m distributed.cli.dask_worker tcp://SCHEDULER-ADDRESS:8786" in worker
+    assert "--resources trial=1" in worker and "--local-directory $TMPDIR" in worker
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+
+def test_dry_run_slurm_script(tmp_path: Path, capsys) -> None:
+    section = {"kind": "slurm", "queue": "gpu", "account": "lab", "job_extra_directives": ["--qos=short"]}
+    path = _write(
+        tmp_path,
+        executor={"kind": "dask", "cluster": section},
+        resources={"cpus": 2, "gpus": 1, "walltime": "00:20:00"},
+    )
+    load_tool("sweep").main([str(path), "--dry-run"])
+    script = capsys.readouterr().out.split("run time):\n", 1)[1]
+    for line in (
+        "#SBATCH -p gpu",
+        "#SBATCH -A lab",
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH -t 00:20:00",
+        "#SBATCH --qos=short",
+        "#SBATCH --gres=gpu:1",
+    ):
+        assert line in script.splitlines(), line
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_campaign_pbs_scripts_share_the_template(tmp_path: Path) -> None:
+    ccfg, stages = plan_campaign(
+        ROOT / "configs/campaigns/quick_pcna_staged.yaml", ["OUTPUT_DIR", str(tmp_path)]
+    )
+    submit = write_pbs_scripts(ccfg, stages)
+    scripts = sorted((tmp_path / "pbs").glob("stage*.pbs"))
+    assert len(scripts) == 3 and "qsub -W depend=afterok:$J1" in submit.read_text()
+    for st, script in zip(stages, scripts):
+        text = script.read_text()
+        directives = _check_pbs_script(text)
+        assert f"#PBS -N {ccfg.CAMPAIGN.NAME}_{st.index}" in directives
+        assert "#PBS -l walltime=24:00:00" in directives and "#PBS -l select=1:ncpus=8:ngpus=1" in directives
+        assert text.strip().splitlines()[-1].endswith(f"OUTPUT_DIR {st.output_dir}")
+        spec = cluster.pbs_spec_from_resources(ccfg.CAMPAIGN.PBS_RESOURCES, "x", [])
+        worker = cluster.job_script(spec).splitlines()  # a sweep's PBS worker from the same description
+        same = [ln for ln in worker if ln.startswith("#PBS") and not ln.startswith("#PBS -N")]
+        assert same == [ln for ln in directives if not ln.startswith("#PBS -N")]
+
+
+def test_status_of_an_unstarted_sweep_and_bad_flags(tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path)
+    load_tool("sweep").main([str(path), "--status"])
+    out = capsys.readouterr().out
+    assert "2 pending" in out and out.count("pending ") == 2
+    expect_error(capsys, "sweep", [str(path), "--workers", "0"], "--workers must be >= 1")
+    expect_error(capsys, "sweep", [str(tmp_path / "nope.yaml")], "nope.yaml")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.txt").write_text("not a sweep")
+    expect_error(capsys, "sweep", [str(path)], "holds no sweep")
