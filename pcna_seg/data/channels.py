@@ -29,6 +29,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from pcna_seg.data.image_io import check_pixels, read_image, to_gray
+from pcna_seg.data.intensity import percentile_normalize
 from pcna_seg.errors import ConfigError, DataError
 
 GRAY = "gray"
@@ -74,24 +75,6 @@ def resolve_otsu_source(record: dict[str, Any], source: str) -> str:
     if source != GRAY and not record.get("channels"):
         return GRAY
     return source
-
-
-def percentile_normalize(
-    image: np.ndarray, low: float = 2.0, high: float = 98.0, gamma: float = 1.0
-) -> np.ndarray:
-    """(H, W) any real dtype → (H, W) float32 in [0, 1] by the ``low``/``high`` percentiles.
-
-    A constant image (p_high == p_low) maps to zeros. ``gamma`` != 1 applies ``x ** gamma``.
-    """
-    arr = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(arr, [low, high])
-    if not hi > lo:
-        return np.zeros(arr.shape, dtype=np.float32)
-    out = (arr - np.float32(lo)) / np.float32(hi - lo)
-    np.clip(out, 0.0, 1.0, out=out)
-    if gamma != 1.0:
-        np.power(out, np.float32(gamma), out=out)
-    return out
 
 
 def otsu_mask(rescaled: np.ndarray, sigma: float = 2.0, offset: float = 0.1) -> np.ndarray:

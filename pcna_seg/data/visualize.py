@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from pcna_seg.data.image_io import read_image, to_gray
+from pcna_seg.data.intensity import display_stretch
 from pcna_seg.data.structures import segmentation_to_mask
 from pcna_seg.utils_io import atomic_path
 
@@ -41,8 +42,7 @@ def display_image(record: Record) -> np.ndarray:
     img = to_gray(read_image(path)).astype(np.float32)
     if img.ndim == 3:  # stacked file: first frame
         img = img[0]
-    lo, hi = np.percentile(img, (1, 99.5))
-    return np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    return display_stretch(img)
 
 
 def outline_overlay(record: Record, class_names: list[str]) -> np.ndarray:

@@ -35,6 +35,7 @@ import numpy as np
 import tifffile
 
 from pcna_seg.data.image_io import TIFF_SUFFIXES, read_image, to_gray
+from pcna_seg.data.intensity import display_stretch
 from pcna_seg.data.visualize import class_colors
 from pcna_seg.errors import DataError, DatasetNotFoundError
 from pcna_seg.inference.predictor import Prediction, Predictor
@@ -47,18 +48,11 @@ _GREY_HINT = " (single-channel images only give 'gray'; PCNA movies need *mcy* f
 
 
 # ----------------------------------------------------------------------------------- writing
-def display_image(image: np.ndarray) -> np.ndarray:
-    """(H, W) any dtype → (H, W) float32 in [0, 1] for display (1st-99.5th percentile stretch)."""
-    img = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(img, (1, 99.5))
-    return np.clip((img - lo) / max(float(hi - lo), 1e-6), 0, 1)
-
-
 def outline_rgb(display: np.ndarray, labels: np.ndarray, pred: Prediction) -> np.ndarray:
     """(H, W, 3) float RGB in [0, 1]: ``display`` in grey, each object's outline in its phase colour."""
     from skimage.segmentation import find_boundaries
 
-    rgb = np.repeat(display_image(display)[..., None], 3, axis=2)
+    rgb = np.repeat(display_stretch(display)[..., None], 3, axis=2)
     colors = np.asarray(class_colors(pred.class_names), dtype=np.float32).reshape(-1, 3)
     lut = np.zeros((len(pred) + 1, 3), np.float32)
     lut[1:] = colors[pred.labels] if len(pred) else lut[1:]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from pcna_seg.data.intensity import to_uint8
 from pcna_seg.data.synthetic.nuclei import (
     _PHASE_LOOK,
     Frame,
@@ -335,9 +336,7 @@ def stretch_uint8(img: np.ndarray) -> np.ndarray:
     white never drops below two median nuclei, so a blank field stays dark noise."""
     lo = float(img.min())
     hi = max(float(img.max()), 100.0 + 2 * _DN_PER_MEDIAN)
-    return np.clip(np.rint((img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0))), 0, 255).astype(
-        np.uint8
-    )
+    return to_uint8(img, lo, hi, np.float32)
 
 
 def render_frame(

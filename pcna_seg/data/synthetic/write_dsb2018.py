@@ -32,6 +32,8 @@ from scipy import ndimage
 
 from pcna_seg.data.converters.base import parallel_map
 from pcna_seg.data.image_io import write_image
+from pcna_seg.data.intensity import percentiles as percentiles_of
+from pcna_seg.data.intensity import to_uint8 as scale_to_uint8
 from pcna_seg.data.rle_csv import mask_to_kaggle, write_rle_csv
 from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
 from pcna_seg.data.synthetic.nuclei import make_nuclei_image
@@ -42,9 +44,8 @@ SizeSpec = int | tuple[int, int]
 
 def to_uint8(img: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.9)) -> np.ndarray:
     """(H, W) uint16 → uint8 by a percentile stretch (default 0.5–99.9; (0, 100) = min–max)."""
-    lo, hi = np.percentile(img, list(percentiles))
-    scaled = (img.astype(np.float32) - lo) * (255.0 / max(float(hi - lo), 1.0))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    lo, hi = percentiles_of(img, percentiles)
+    return scale_to_uint8(img, lo, hi)
 
 
 def _pick(rng: np.random.Generator, size: SizeSpec) -> int:
