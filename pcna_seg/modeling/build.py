@@ -17,6 +17,19 @@ Config → model:
   ``MODEL.ROI_BOX_HEAD.FC_DIM``, ``MODEL.ROI_MASK_HEAD.CONV_DIM/NUM_CONV``,
   ``TEST.DETECTIONS_PER_IMAGE``.
 
+- detectron2 compatibility (what its model-zoo weights need, see
+  ``configs/Base-MaskRCNN-FPN-detectron2-weights.yaml``): ``MODEL.RESNETS.STRIDE_IN_1X1``
+  (R50/101 stride in the 1x1 conv), ``MODEL.ANCHOR_GENERATOR.NAME`` (``DefaultAnchorGenerator``
+  = detectron2's exact anchors, ``TorchvisionAnchorGenerator`` = rounded) and ``OFFSET``,
+  ``MODEL.ROI_*_HEAD.POOLER_TYPE`` (``ROIAlign`` unaligned, ``ROIAlignV2`` aligned) and
+  ``POOLER_SAMPLING_RATIO``; ``MODEL.RESNETS.STEM_OUT_CHANNELS/RES2_OUT_CHANNELS`` (narrow
+  R18/34 for tests and CPU; 0 = standard widths).
+
+Every name-valued key names what is built; another value is a ConfigError listing the
+supported ones (``MODEL.BACKBONE.NAME``, ``MODEL.ROI_HEADS.NAME`` — no cascade —,
+``MODEL.ROI_BOX_HEAD.NAME``, ``MODEL.ROI_MASK_HEAD.NAME``, ``MODEL.ANCHOR_GENERATOR.NAME``,
+``POOLER_TYPE``); ``MODEL.RESNETS.OUT_FEATURES`` must contain ``MODEL.FPN.IN_FEATURES``.
+
 The model's transform never resizes (the mapper does), it only normalises and pads.
 """
 
@@ -38,6 +51,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from pcna_seg.errors import ConfigError
 from pcna_seg.modeling.d2_adapter import check_engine
+from pcna_seg.modeling.d2_layers import POOLER_TYPES, ExactAnchorGenerator, move_stride_to_1x1
 from pcna_seg.modeling.heads import PcnaRoIHeads, build_box_head, build_mask_head
 
 logger = logging.getLogger(__name__)
@@ -45,6 +59,34 @@ logger = logging.getLogger(__name__)
 DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101"}
 _STAGE_OF = {"res2": 1, "res3": 2, "res4": 3, "res5": 4}
 _FROZEN_PREFIXES = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+_LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+#: name-valued config keys → the one value each supports
+SUPPORTED_NAMES = {
+    "MODEL.BACKBONE.NAME": ("build_resnet_fpn_backbone",),
+    "MODEL.ROI_HEADS.NAME": ("StandardROIHeads",),
+    "MODEL.ROI_BOX_HEAD.NAME": ("FastRCNNConvFCHead",),
+    "MODEL.ROI_MASK_HEAD.NAME": ("MaskRCNNConvUpsampleHead",),
+    "MODEL.ANCHOR_GENERATOR.NAME": ("TorchvisionAnchorGenerator", "DefaultAnchorGenerator"),
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": tuple(POOLER_TYPES),
+    "MODEL.ROI_MASK_HEAD.POOLER_TYPE": tuple(POOLER_TYPES),
+}
+_WHAT_ELSE = {
+    "MODEL.ROI_HEADS.NAME": " (cascade and other RoI heads are not built by pcna_seg)",
+    "MODEL.BACKBONE.NAME": " (a ResNet-FPN; the depth is MODEL.RESNETS.DEPTH)",
+}
+
+
+def check_names(cfg: Any) -> None:
+    """ConfigError for a name-valued key whose value pcna_seg does not build (see SUPPORTED_NAMES)."""
+    for key, allowed in SUPPORTED_NAMES.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if str(node) not in allowed:
+            raise ConfigError(
+                f"{key} {str(node)!r} is not supported{_WHAT_ELSE.get(key, '')}; "
+                f"supported: {', '.join(allowed)}"
+            )
 
 
 def resolve_device(cfg: Any) -> torch.device:
@@ -112,10 +154,47 @@ def _freeze_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-def _stem_conv(in_channels: int) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+def _stem_conv(in_channels: int, out_channels: int = 64) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return conv
+
+
+def _resnet_body(cfg: Any, depth: int, norm_layer: Any) -> resnet.ResNet:
+    """torchvision ResNet of ``depth`` (random weights) with the widths and stride placement of
+    ``MODEL.RESNETS``: STEM_OUT_CHANNELS / RES2_OUT_CHANNELS (0 = standard; others only for the
+    BasicBlock R18/34, stage widths w, 2w, 4w, 8w) and STRIDE_IN_1X1 (bottleneck R50/101)."""
+    r = cfg.MODEL.RESNETS
+    stem, res2 = int(r.STEM_OUT_CHANNELS), int(r.RES2_OUT_CHANNELS)
+    body = getattr(resnet, DEPTHS[depth])(weights=None, norm_layer=norm_layer)
+    std_res2 = 64 if depth in _LAYERS else 256
+    if depth not in _LAYERS and (stem not in (0, 64) or res2 not in (0, std_res2)):
+        raise ConfigError(
+            f"MODEL.RESNETS.STEM_OUT_CHANNELS {stem} / RES2_OUT_CHANNELS {res2}: R{depth} is built with "
+            f"the standard widths only (64 / {std_res2}; 0 means standard); other widths work for R18/34"
+        )
+    if depth in _LAYERS and (stem or 64, res2 or 64) != (64, 64):
+        stem, res2 = stem or 64, res2 or 64
+        body.conv1 = _stem_conv(3, stem)
+        body.bn1 = norm_layer(stem)
+        body.inplanes = stem
+        for i, blocks in enumerate(_LAYERS[depth]):
+            setattr(
+                body, f"layer{i + 1}", body._make_layer(resnet.BasicBlock, res2 * 2**i, blocks, 1 + (i > 0))
+            )
+        body.fc = nn.Linear(res2 * 8, 1)  # never used (the FPN takes the stage outputs)
+        for m in body.modules():  # torchvision's ResNet init for the rebuilt layers
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    if bool(r.STRIDE_IN_1X1):
+        if depth in _LAYERS:
+            raise ConfigError(
+                f"MODEL.RESNETS.STRIDE_IN_1X1 is True but R{depth} has no 1x1 conv in its blocks; "
+                "set it False (it applies to R50/101)"
+            )
+        move_stride_to_1x1(body)
+    body.stride_in_1x1 = bool(r.STRIDE_IN_1X1)
+    return body
 
 
 def build_backbone(cfg: Any) -> BackboneWithFPN:
@@ -141,9 +220,14 @@ def build_backbone(cfg: Any) -> BackboneWithFPN:
     if n_in < 1:
         raise ConfigError("INPUT.CHANNELS is empty; name at least one channel")
 
-    body = getattr(resnet, DEPTHS[depth])(weights=None, norm_layer=norm_layer)
+    out_feats = list(cfg.MODEL.RESNETS.OUT_FEATURES)
+    if not set(feats) <= set(out_feats):
+        raise ConfigError(
+            f"MODEL.FPN.IN_FEATURES {feats} must be among MODEL.RESNETS.OUT_FEATURES {out_feats}"
+        )
+    body = _resnet_body(cfg, depth, norm_layer)
     if n_in != 3:
-        body.conv1 = _stem_conv(n_in)
+        body.conv1 = _stem_conv(n_in, body.conv1.out_channels)
     if norm == "BN" and freeze_at > 0:
         for name in _FROZEN_PREFIXES[: freeze_at + 1]:  # stem = conv1 + bn1
             setattr(body, name, _freeze_norm(getattr(body, name)))
@@ -184,9 +268,17 @@ def _anchor_generator(cfg: Any, n_levels: int) -> AnchorGenerator:
     counts = {len(s) * len(r) for s, r in zip(sizes, ratios)}
     if len(counts) != 1:
         raise ConfigError("MODEL.ANCHOR_GENERATOR: every level must have the same number of anchors")
-    return AnchorGenerator(
-        tuple(tuple(float(v) for v in s) for s in sizes), tuple(tuple(float(v) for v in r) for r in ratios)
-    )
+    sizes_t = tuple(tuple(float(v) for v in s) for s in sizes)
+    ratios_t = tuple(tuple(float(v) for v in r) for r in ratios)
+    offset = float(cfg.MODEL.ANCHOR_GENERATOR.OFFSET)
+    if cfg.MODEL.ANCHOR_GENERATOR.NAME == "DefaultAnchorGenerator":
+        return ExactAnchorGenerator(sizes_t, ratios_t, offset=offset)
+    if offset != 0.0:
+        raise ConfigError(
+            "MODEL.ANCHOR_GENERATOR.OFFSET is only applied by MODEL.ANCHOR_GENERATOR.NAME "
+            "DefaultAnchorGenerator; set OFFSET 0.0 or use that generator"
+        )
+    return AnchorGenerator(sizes_t, ratios_t)
 
 
 def _thresholds(values: Any, key: str) -> tuple[float, float]:
@@ -212,6 +304,7 @@ def build_model(cfg: Any) -> PcnaMaskRCNN:
         raise ConfigError(
             f"MODEL.META_ARCHITECTURE must be GeneralizedRCNN, got {cfg.MODEL.META_ARCHITECTURE!r}"
         )
+    check_names(cfg)
     channels = list(cfg.INPUT.CHANNELS)
     mean, std = [float(v) for v in cfg.MODEL.PIXEL_MEAN], [float(v) for v in cfg.MODEL.PIXEL_STD]
     for key, vals in (("PIXEL_MEAN", mean), ("PIXEL_STD", std)):
@@ -247,12 +340,21 @@ def build_model(cfg: Any) -> PcnaMaskRCNN:
         int(cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION),
         int(cfg.MODEL.ROI_BOX_HEAD.FC_DIM),
         num_classes,
+        int(cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO),
+        POOLER_TYPES[cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE],
     )
     mask_parts: tuple[Any, Any, Any] = (None, None, None)
     if cfg.MODEL.MASK_ON:
         m = cfg.MODEL.ROI_MASK_HEAD
         mask_parts = build_mask_head(
-            out_ch, featmaps, int(m.POOLER_RESOLUTION), int(m.CONV_DIM), int(m.NUM_CONV), num_classes
+            out_ch,
+            featmaps,
+            int(m.POOLER_RESOLUTION),
+            int(m.CONV_DIM),
+            int(m.NUM_CONV),
+            num_classes,
+            int(m.POOLER_SAMPLING_RATIO),
+            POOLER_TYPES[m.POOLER_TYPE],
         )
     bg, fg = _thresholds(h.IOU_THRESHOLDS, "MODEL.ROI_HEADS.IOU_THRESHOLDS")
     roi_heads = PcnaRoIHeads(

@@ -30,6 +30,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
 from pcna_seg.errors import ConfigError
+from pcna_seg.modeling.d2_layers import PoolerRoIAlign
 
 #: parameter-name prefixes of the class-specific layers (re-initialised when K changes)
 CLASS_SPECIFIC_PREFIXES = (
@@ -117,12 +118,19 @@ class PcnaRoIHeads(RoIHeads):
 
 
 def build_box_head(
-    in_channels: int, featmap_names: list[str], resolution: int, fc_dim: int, num_classes: int
+    in_channels: int,
+    featmap_names: list[str],
+    resolution: int,
+    fc_dim: int,
+    num_classes: int,
+    sampling_ratio: int = 2,
+    aligned: bool = False,
 ) -> tuple[MultiScaleRoIAlign, nn.Module, nn.Module]:
     """Box pooler, two-layer MLP head (``fc6``/``fc7``) and predictor for K foreground classes
-    (the predictor has K + 1 outputs, background at 0), pooling the maps ``featmap_names``."""
+    (the predictor has K + 1 outputs, background at 0), pooling the maps ``featmap_names``
+    with RoIAlign (``aligned``: half-pixel-corrected ``ROIAlignV2``)."""
     return (
-        MultiScaleRoIAlign(featmap_names=list(featmap_names), output_size=resolution, sampling_ratio=2),
+        PoolerRoIAlign(list(featmap_names), resolution, sampling_ratio, aligned),
         TwoMLPHead(in_channels * resolution**2, fc_dim),
         FastRCNNPredictor(fc_dim, num_classes + 1),
     )
@@ -135,13 +143,15 @@ def build_mask_head(
     conv_dim: int,
     num_conv: int,
     num_classes: int,
+    sampling_ratio: int = 2,
+    aligned: bool = False,
 ) -> tuple[MultiScaleRoIAlign, nn.Module, nn.Module]:
     """Mask pooler, ``num_conv`` 3x3 conv layers of width ``conv_dim``, and the deconv + 1x1
     predictor with K + 1 outputs."""
     if num_conv < 1 or conv_dim < 1:
         raise ConfigError("MODEL.ROI_MASK_HEAD.NUM_CONV and CONV_DIM must be >= 1")
     return (
-        MultiScaleRoIAlign(featmap_names=list(featmap_names), output_size=resolution, sampling_ratio=2),
+        PoolerRoIAlign(list(featmap_names), resolution, sampling_ratio, aligned),
         MaskRCNNHeads(in_channels, [conv_dim] * num_conv, 1),
         MaskRCNNPredictor(conv_dim, conv_dim, num_classes + 1),
     )

@@ -9,7 +9,10 @@ unless ``allow_pickle=True`` is passed for a file you trust):
 - a torchvision Mask R-CNN state dict (e.g. ``maskrcnn_resnet50_fpn`` COCO weights), including
   the old key layout (``rpn.head.conv.weight``, ``roi_heads.mask_head.mask_fcn1.weight``);
 - a bare torchvision ResNet state dict (``conv1.weight``, ``layer1.0...``), loaded into
-  ``backbone.body``; its ``fc.*`` classifier is ignored.
+  ``backbone.body``; its ``fc.*`` classifier is ignored;
+- a detectron2 checkpoint: a model-zoo ``.pkl`` (numpy arrays, read by a numpy-only
+  unpickler) or a detectron2 ``.pth``, recognised by its parameter names and converted by
+  :mod:`pcna_seg.modeling.d2_weights` (detectron2 is never imported).
 
 Rules:
 - the class-specific layers (box ``cls_score``, box ``bbox_pred``, mask ``mask_fcn_logits``)
@@ -37,6 +40,7 @@ import torch
 from torch import nn
 
 from pcna_seg.errors import WeightsError
+from pcna_seg.modeling.d2_weights import convert_d2_state, is_d2_state, read_d2_pickle
 from pcna_seg.modeling.heads import CLASS_SPECIFIC_PREFIXES
 
 logger = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ class LoadReport:
     """What :func:`load_weights` did, parameter by parameter (names are the model's)."""
 
     path: str
+    source_format: str = "torchvision"  # or "detectron2" (converted by d2_weights)
     loaded: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)  # stem conv with another channel count
     reinitialised: list[str] = field(default_factory=list)  # kept the model's fresh values
@@ -66,7 +71,10 @@ class LoadReport:
             ("missing (kept init)", self.missing),
         ]
         width = max(len(r[0]) for r in rows)
-        lines = [f"Weights from {self.path}", f"{'category'.ljust(width)}  count  parameters"]
+        lines = [
+            f"Weights from {self.path} ({self.source_format} names)",
+            f"{'category'.ljust(width)}  count  parameters",
+        ]
         for name, items in rows:
             shown = ", ".join(_describe(n, self.shapes) for n in items[:max_names])
             if len(items) > max_names:
@@ -90,9 +98,11 @@ def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
     path = Path(path)
     if not path.is_file():
         raise WeightsError(
-            f"Weights file not found: {path} (set MODEL.WEIGHTS to a checkpoint or a downloaded "
-            f"torchvision .pth file, or to '' for random initialisation)"
+            f"Weights file not found: {path} (set MODEL.WEIGHTS to a checkpoint, a downloaded "
+            f"torchvision .pth or detectron2 .pkl file, or to '' for random initialisation)"
         )
+    if path.suffix.lower() == ".pkl":
+        return read_d2_pickle(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
@@ -184,9 +194,15 @@ def load_weights(
     See the module docstring for accepted files and the re-initialisation rules. With
     ``strict`` nothing is copied unless every parameter fits (:func:`check_strict`).
     """
-    source = normalize_keys(read_state_dict(path, allow_pickle=allow_pickle))
-    target = model.state_dict()
+    raw = read_state_dict(path, allow_pickle=allow_pickle)
     report = LoadReport(path=str(path))
+    unmapped: list[str] = []
+    if is_d2_state(raw):
+        source, unmapped = convert_d2_state(raw, model)
+        report.source_format = "detectron2"
+    else:
+        source = normalize_keys(raw)
+    target = model.state_dict()
     new_state: dict[str, torch.Tensor] = {}
     for name, dst in target.items():
         if name.endswith("num_batches_tracked"):  # a BN counter, not a weight: never reported
@@ -216,7 +232,7 @@ def load_weights(
                 f"expects {list(dst.shape)}; the file was made for another architecture (check "
                 f"MODEL.RESNETS.DEPTH, MODEL.FPN.OUT_CHANNELS and the head sizes)"
             )
-    report.ignored = sorted(k for k in source if k not in target)
+    report.ignored = sorted([*(k for k in source if k not in target), *unmapped])
     if not report.loaded and not report.adapted:
         raise WeightsError(f"Weights file {path} shares no parameter names with the model; nothing to load")
     if strict:
