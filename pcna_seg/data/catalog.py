@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from pcna_seg.data.splits import SPLITS
 from pcna_seg.errors import DataError, DatasetNotFoundError
 
 Record = dict[str, Any]
@@ -149,7 +150,7 @@ def discover(root: str | os.PathLike | None = None) -> list[str]:
         for folder in sorted(p for p in base.iterdir() if p.is_dir()):
             if (folder / "annotations.json").is_file():
                 names.add(folder.name)
-            for split in ("train", "val", "test"):
+            for split in SPLITS:
                 if (folder / f"{split}.json").is_file():
                     names.add(f"{folder.name}_{split}")
     return sorted(names | set(_LOADERS))

@@ -3,7 +3,8 @@
 A prepared dataset folder (what every converter writes)::
 
     OUT/annotations.json      COCO, all images (file_name relative to OUT)
-    OUT/train.json, val.json  COCO subsets from the leak-free split (see splits.py)
+    OUT/train.json, val.json  COCO subsets from the leak-free split (see splits.py); test.json
+                              when the source names test images
     OUT/split.json            {"train": [image ids], "val": [...], "by": "sequence"|"image", "seed"}
     OUT/dataset_card.json     counts per class, image sizes, dtype, intensity range
     OUT/images/...            image files
@@ -255,18 +256,19 @@ def write_prepared_dataset(
     ``split`` may give explicit {"train": ids, "val": ids}; otherwise a leak-free split is made
     by sequence (when every record has one) or by image, seeded. Each file is atomic.
     """
-    from pcna_seg.data.splits import split_records
+    from pcna_seg.data.splits import SPLITS, TEST, TRAIN, VAL, split_records
 
     out = Path(out_dir)
     paths = {"annotations": write_coco(out / "annotations.json", records, class_names)}
     if split is None:
         split = split_records(records, val_fraction=val_fraction, seed=seed)
-    ids = {name: set(split.get(name, [])) for name in ("train", "val")}
-    for name in ("train", "val"):
+    names = [n for n in SPLITS if n != TEST or split.get(TEST)]
+    ids = {name: set(split.get(name, [])) for name in names}
+    for name in names:
         subset = [r for r in records if r["image_id"] in ids[name]]
         paths[name] = write_coco(out / f"{name}.json", subset, class_names)
     paths["split"] = write_json_atomic(out / "split.json", split, indent=1)
     card_dict = card.to_dict()
-    card_dict["split"] = {k: len(v) for k, v in ids.items()} | {"by": split.get("by", "given")}
+    card_dict["split"] = {k: len(ids[k]) for k in (TRAIN, VAL)} | {"by": split.get("by", "given")}
     paths["card"] = write_json_atomic(out / "dataset_card.json", card_dict, indent=2)
     return paths

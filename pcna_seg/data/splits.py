@@ -8,6 +8,9 @@ import numpy as np
 
 Record = dict[str, Any]
 
+TRAIN, VAL, TEST = "train", "val", "test"
+SPLITS = (TRAIN, VAL, TEST)  # the split names of a prepared folder: <name>.json beside annotations.json
+
 
 def split_records(records: list[Record], val_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
     """Split image ids into train/val so that no sequence has frames in both.

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from pcna_seg.data.splits import TRAIN, VAL
 from pcna_seg.errors import ConfigError, DataError
 from pcna_seg.unet.tile_jobs import check_reuse, job_fingerprint, split_job, write_job
 from pcna_seg.unet.tiling import ARRAYS, TilingSettings, append_tiles, create_tile_datasets
@@ -58,7 +59,7 @@ def choose_val_groups(tiles_per_group: dict[str, int], val_fraction: float, seed
 def split_outputs(tiles_h5: str | os.PathLike, val_fraction: float) -> dict[str, Path]:
     """``tiles.h5`` → {"train": tiles_train.h5, "val": tiles_val.h5} (no "val" for fraction 0)."""
     src = Path(tiles_h5)
-    names = ["train", "val"] if val_fraction > 0 else ["train"]
+    names = [TRAIN, VAL] if val_fraction > 0 else [TRAIN]
     return {n: src.with_name(f"{src.stem}_{n}{src.suffix}") for n in names}
 
 
@@ -123,9 +124,9 @@ def split_training(
             raise DataError(f"No tiles with more than one class in {src_path}")
         val_groups = choose_val_groups(per_group, val_fraction, seed)
         is_val = np.isin(tile_group, val_groups)
-        select = {"train": np.flatnonzero(keep & ~is_val)}
+        select = {TRAIN: np.flatnonzero(keep & ~is_val)}
         if val_groups:
-            select["val"] = np.flatnonzero(keep & is_val)
+            select[VAL] = np.flatnonzero(keep & is_val)
         outs = split_outputs(src_path, val_fraction)
         assert set(outs) == set(select)
         s = _settings_from_attrs(src.attrs)
@@ -219,7 +220,7 @@ def check_split_files(train: str, val: str) -> None:
             "validation would be on training tiles"
         )
     t_split, t_src, t_groups = _split_attrs(train)
-    if t_split == "val":
+    if t_split == VAL:
         raise ConfigError(f"UNET.DATA.TRAIN_H5 {train} is a validation split; use the *_train.h5 file")
     if not val:
         return
@@ -229,7 +230,7 @@ def check_split_files(train: str, val: str) -> None:
             f"UNET.DATA.TRAIN_H5 {train} holds every tile, the validation wells of {val} included; "
             "train on the *_train.h5 file tools/tile_h5.py wrote"
         )
-    if v_split == "train" or (t_split and not v_split):
+    if v_split == TRAIN or (t_split and not v_split):
         raise ConfigError(f"UNET.DATA.VAL_H5 {val} is not a validation split; use the *_val.h5 file")
     if t_split and v_split and (t_src != v_src or sorted(t_groups) != sorted(v_groups)):
         raise ConfigError(

@@ -141,3 +141,28 @@ def test_broken_coco_entries_name_the_file_and_entry(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         records, _ = load_coco(tmp_path / "c.json")
     assert len(records[0]["annotations"]) == 1 and "image id(s) the file does not list" in caplog.text
+
+
+def test_given_test_split_is_written_and_resolvable(tmp_path, monkeypatch):
+    """A split naming test images (LIVECell, BBBC039 metadata) gives test.json; an empty one none."""
+    recs, names = _records(tmp_path / "given")
+    ids = [r["image_id"] for r in recs]
+    split = {"train": ids[:8], "val": ids[8:10], "test": ids[10:], "by": "files"}
+    card = CardBuilder("given", names, "test")
+    paths = write_prepared_dataset(tmp_path / "given", recs, names, card, split=split)
+    assert set(paths) >= {"train", "val", "test"}
+    test = json.loads((tmp_path / "given" / "test.json").read_text())
+    assert len(test["images"]) == 2
+    assert json.loads((tmp_path / "given" / "dataset_card.json").read_text())["split"] == {
+        "train": 8,
+        "val": 2,
+        "by": "files",
+    }
+    monkeypatch.setenv(catalog.ENV_VAR, str(tmp_path))
+    assert len(catalog.get_dataset("given_test")) == 2
+    recs2, _ = _records(tmp_path / "notest")
+    split2 = {"train": [r["image_id"] for r in recs2], "val": [], "test": [], "by": "files"}
+    write_prepared_dataset(
+        tmp_path / "notest", recs2, names, CardBuilder("notest", names, "test"), split=split2
+    )
+    assert not (tmp_path / "notest" / "test.json").exists()

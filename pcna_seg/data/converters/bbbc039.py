@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pcna_seg.data.coco_io import CardBuilder, write_coco
+from pcna_seg.data.coco_io import CardBuilder
 from pcna_seg.data.converters.base import (
     CLASS_NAMES,
     collect,
@@ -42,10 +42,11 @@ from pcna_seg.data.converters.base import (
     record_from_labels,
 )
 from pcna_seg.data.image_io import read_image, write_image
+from pcna_seg.data.splits import TEST, TRAIN, VAL
 from pcna_seg.errors import DataError
 
 logger = logging.getLogger(__name__)
-SPLIT_FILES = {"train": "training.txt", "val": "validation.txt", "test": "test.txt"}
+SPLIT_FILES = {TRAIN: "training.txt", VAL: "validation.txt", TEST: "test.txt"}
 _WELL = re.compile(r"^(?P<plate>.+?)_(?P<well>[A-Za-z]{1,2}\d{1,2})_s\d+")
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -175,8 +176,4 @@ def convert(
             card.note(f"{len(records) - len(listed)} images are in no metadata list (in no split)")
         card.note(f"test split: {len(split['test'])} images from metadata/test.txt (test.json)")
         card.note("split taken from metadata/*.txt as given (it may put sites of one well on both sides)")
-    card_dict = finish(out, records, CLASS_NAMES, card, val_fraction, seed, split)
-    if split is not None:
-        test_ids = set(split["test"])
-        write_coco(out / "test.json", [r for r in records if r["image_id"] in test_ids], CLASS_NAMES)
-    return card_dict
+    return finish(out, records, CLASS_NAMES, card, val_fraction, seed, split)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pcna_seg.data.coco_io import CardBuilder, read_json, write_coco
+from pcna_seg.data.coco_io import CardBuilder, read_json
 from pcna_seg.data.converters.base import (
     collect,
     dataset_name,
@@ -44,13 +44,13 @@ from pcna_seg.data.converters.base import (
     read_gray,
 )
 from pcna_seg.data.image_io import write_image
+from pcna_seg.data.splits import SPLITS
 from pcna_seg.errors import DataError
 
 logger = logging.getLogger(__name__)
 _NAME = re.compile(
     r"^(?P<cell>[^_]+)_Phase_(?P<well>[A-Za-z]+\d+)_(?P<loc>\d+)_(?P<time>\d+d\d+h\d+m)_(?P<crop>\d+)$"
 )
-SPLIT_KEYS = ("train", "val", "test")
 
 
 def sequence_of(stem: str) -> str:
@@ -154,7 +154,7 @@ def _json_files(src: Path) -> dict[str, Path]:
     if len(found) == 1:
         return {"": found[0]}
     files = {}
-    for key in SPLIT_KEYS:
+    for key in SPLITS:
         match = [p for p in found if re.search(rf"(^|[_\-.]){key}([_\-.]|$)", p.stem)]
         if len(match) > 1:
             raise DataError(f"Several {key} JSON files in {src}: {', '.join(p.name for p in match)}")
@@ -274,10 +274,6 @@ def convert(
         card.note(f"{unparsed} file names did not match <cell>_Phase_<well>_<loc>_<time>_<crop>")
     split = None
     if "" not in given:
-        split = {k: given.get(k, []) for k in SPLIT_KEYS} | {"by": "files", "seed": int(seed)}
+        split = {k: given.get(k, []) for k in SPLITS} | {"by": "files", "seed": int(seed)}
         card.note("split taken from " + ", ".join(p.name for p in files.values()))
-    card_dict = finish(out, records, class_names, card, val_fraction, seed, split)
-    if split is not None and split["test"]:
-        test_ids = set(split["test"])
-        write_coco(out / "test.json", [r for r in records if r["image_id"] in test_ids], class_names)
-    return card_dict
+    return finish(out, records, class_names, card, val_fraction, seed, split)
