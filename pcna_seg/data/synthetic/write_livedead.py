@@ -24,10 +24,11 @@ from pcna_seg.data.image_io import write_image
 from pcna_seg.data.synthetic.base import GroundTruth, GroundTruthImage
 from pcna_seg.data.synthetic.nuclei import make_livedead_frame
 from pcna_seg.errors import ConfigError
+from pcna_seg.unet.targets import MODE_CLASSES
 from pcna_seg.utils_io import atomic_path
 
 LIVEDEAD_CHANNELS: tuple[str, str] = ("hoechst", "draq7")
-LIVEDEAD_CLASSES: list[str] = ["background", "DAPI", "Cy5"]
+LIVEDEAD_CLASSES: list[str] = MODE_CLASSES["livedead"]  # the U-Net targets' class names
 MIN_SIZE = 32  # smallest frame side in pixels (nuclei are ~10-20 px across)
 
 
