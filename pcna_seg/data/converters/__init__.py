@@ -6,9 +6,10 @@ COCO JSON with RLE masks, a leak-free train/val split and a dataset card.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
+
+from pcna_seg.data.registry import lazy_entry
 
 # format name → "module:function" (imported lazily so a missing optional dependency of one
 # converter never breaks the others)
@@ -26,7 +27,4 @@ CONVERTERS: dict[str, str] = {
 
 def get_converter(fmt: str) -> Callable[..., Any]:
     """The ``convert`` function for ``fmt``; ValueError lists the known formats."""
-    if fmt not in CONVERTERS:
-        raise ValueError(f"Unknown dataset format {fmt!r}; known: {', '.join(sorted(CONVERTERS))}")
-    module, func = CONVERTERS[fmt].split(":")
-    return getattr(importlib.import_module(module), func)
+    return lazy_entry(CONVERTERS, fmt, "dataset format")

@@ -8,11 +8,12 @@ output-folder rule (a non-empty folder only with ``overwrite``, replaced as a wh
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pcna_seg.data.registry import lazy_entry
 
 # format name (same names as pcna_seg.data.converters.CONVERTERS) → "module:function"
 WRITERS: dict[str, str] = {
@@ -29,10 +30,7 @@ WRITERS: dict[str, str] = {
 
 def get_writer(fmt: str) -> Callable[..., Any]:
     """The synthetic ``write`` function for ``fmt``; ValueError lists the known formats."""
-    if fmt not in WRITERS:
-        raise ValueError(f"Unknown synthetic format {fmt!r}; known: {', '.join(sorted(WRITERS))}")
-    module, func = WRITERS[fmt].split(":")
-    return getattr(importlib.import_module(module), func)
+    return lazy_entry(WRITERS, fmt, "synthetic format")
 
 
 def write_synthetic(
