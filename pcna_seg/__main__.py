@@ -42,12 +42,9 @@ def environment_info() -> dict[str, str]:
         info["torchvision ops"] = "ok" if torchvision_ops is not None else "missing"
     except Exception as exc:
         info["torchvision ops"] = f"broken ({exc})"
-    try:
-        import detectron2
+    from pcna_seg.modeling.d2_adapter import detectron2_status
 
-        info["detectron2 engine"] = f"importable ({detectron2.__version__})"
-    except Exception:
-        info["detectron2 engine"] = "not importable (optional; the torchvision engine is used)"
+    info["detectron2 engine"] = detectron2_status()
     return info
 
 

@@ -292,14 +292,12 @@ def _thresholds(values: Any, key: str) -> tuple[float, float]:
 def build_model(cfg: Any) -> PcnaMaskRCNN:
     """Build the Mask R-CNN for ``cfg`` on ``resolve_device(cfg)``, random weights.
 
+    ``MODEL.ENGINE detectron2`` (where detectron2 imports) returns detectron2's model with the
+    same calling convention instead (:mod:`pcna_seg.modeling.d2_engine`).
+
     Load pretrained/checkpoint weights afterwards with ``load_weights(model, cfg.MODEL.WEIGHTS)``.
     """
     engine = check_engine(cfg)
-    if engine != "torchvision":
-        raise ConfigError(
-            "MODEL.ENGINE 'detectron2' is importable, but pcna_seg builds models with torchvision only; "
-            "set MODEL.ENGINE torchvision"
-        )
     if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
         raise ConfigError(
             f"MODEL.META_ARCHITECTURE must be GeneralizedRCNN, got {cfg.MODEL.META_ARCHITECTURE!r}"
@@ -315,6 +313,10 @@ def build_model(cfg: Any) -> PcnaMaskRCNN:
     num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     if num_classes < 1:
         raise ConfigError(f"MODEL.ROI_HEADS.NUM_CLASSES must be >= 1, got {num_classes}")
+    if engine == "detectron2":
+        from pcna_seg.modeling.d2_engine import build_d2_model
+
+        return build_d2_model(cfg)
 
     backbone = build_backbone(cfg)
     out_ch = backbone.out_channels

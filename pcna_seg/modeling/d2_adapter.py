@@ -1,14 +1,15 @@
-"""Optional detectron2 engine: availability check only.
+"""Optional detectron2 engine: availability check and the ``pcna_seg info`` line.
 
 pcna_seg trains and predicts with torchvision's Mask R-CNN everywhere. ``MODEL.ENGINE:
-detectron2`` is reserved for installs that have detectron2; this module only answers whether
-it is importable and turns a request for it into a clear error when it is not. It never
-imports detectron2 at module import time and never installs it.
+detectron2`` (:mod:`pcna_seg.modeling.d2_engine`) needs an install that has detectron2; this
+module answers whether it is importable and turns a request for it into a clear error when it
+is not. It never imports detectron2 at module import time and never installs it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from pcna_seg.errors import ConfigError
@@ -22,6 +23,28 @@ def detectron2_available() -> bool:
         return importlib.util.find_spec("detectron2") is not None
     except (ImportError, ValueError):
         return False
+
+
+def detectron2_status() -> str:
+    """One line for ``pcna_seg info``: whether detectron2 imports, its version and location, and
+    whether its compiled ops load (registry re-uploads without C++ sources import but lack them).
+
+    This imports detectron2 when it is installed (a diagnostic; never done at import time).
+    """
+    if not detectron2_available():
+        return "not installed (optional; the torchvision engine is used, detectron2 weights still load)"
+    try:
+        import detectron2
+    except Exception as exc:  # a broken install must not crash the diagnostic
+        return f"installed but not importable ({type(exc).__name__}: {exc})"
+    where = Path(getattr(detectron2, "__file__", "") or ".").resolve().parent
+    try:
+        from detectron2 import _C  # noqa: F401
+
+        ops = "compiled ops ok"
+    except Exception as exc:
+        ops = f"compiled ops missing ({type(exc).__name__})"
+    return f"importable ({getattr(detectron2, '__version__', 'unknown version')}, {where}, {ops})"
 
 
 def check_engine(cfg: Any) -> str:

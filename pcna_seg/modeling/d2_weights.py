@@ -157,6 +157,19 @@ def _with_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {("backbone.bottom_up." + k if bare.match(k) else k): v for k, v in state.items()}
 
 
+def d2_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """detectron2 names as detectron2's model has them: ``module.`` stripped, a bare ResNet
+    prefixed with ``backbone.bottom_up.``, pixel statistics and BN counters dropped."""
+    out = {}
+    for key, val in _with_prefix(state).items():
+        while key.startswith("module."):
+            key = key[len("module.") :]
+        if key in ("pixel_mean", "pixel_std") or key.endswith("num_batches_tracked"):
+            continue
+        out[key] = val.detach().to(torch.float32) if val.is_floating_point() else val
+    return out
+
+
 def _fpn_index(model: nn.Module) -> dict[int, int]:
     """detectron2 FPN stage number (2..5) → torchvision inner/layer block index of ``model``."""
     layers = getattr(model.backbone.body, "return_layers", {})
@@ -233,7 +246,8 @@ def convert_d2_state(
     and the anchor order. Shapes are not checked here (``load_weights`` does: class-specific
     rows of another class count are re-initialised there).
     """
-    state = _with_prefix(state)
+    _check_pixel_stats(state, model)
+    state = d2_names(state)
     fpn_index = _fpn_index(model)
     perm = _rpn_permutation(model)
     cls = state.get("roi_heads.box_predictor.cls_score.weight")
@@ -241,19 +255,15 @@ def convert_d2_state(
     out: dict[str, torch.Tensor] = {}
     unmapped: list[str] = []
     for key, val in state.items():
-        if key in ("pixel_mean", "pixel_std"):
-            continue
         name = _rename(key, fpn_index)
         if name is None:
             unmapped.append(key)
             continue
-        val = val.detach().to(torch.float32) if val.is_floating_point() else val
         if perm is not None and name.startswith("rpn.head.cls_logits."):
             val = val[perm]
         elif perm is not None and name.startswith("rpn.head.bbox_pred."):
             val = val.reshape(-1, 4, *val.shape[1:])[perm].reshape(val.shape)
         out[name] = _class_rows(name, val, num_classes)
-    _check_pixel_stats(state, model)
     _log_stride_note(state, model)
     return out, unmapped
 

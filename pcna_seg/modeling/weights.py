@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from pcna_seg.errors import WeightsError
-from pcna_seg.modeling.d2_weights import convert_d2_state, is_d2_state, read_d2_pickle
+from pcna_seg.modeling.d2_weights import convert_d2_state, d2_names, is_d2_state, read_d2_pickle
 from pcna_seg.modeling.heads import CLASS_SPECIFIC_PREFIXES
 
 logger = logging.getLogger(__name__)
@@ -153,10 +153,6 @@ def adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return summed.repeat(1, in_channels, 1, 1).contiguous()
 
 
-def _is_class_specific(name: str) -> bool:
-    return any(name.startswith(p) for p in CLASS_SPECIFIC_PREFIXES)
-
-
 def check_strict(report: LoadReport, model_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
     """WeightsError unless every model parameter came unchanged from the file (see ``strict``).
 
@@ -197,7 +193,20 @@ def load_weights(
     raw = read_state_dict(path, allow_pickle=allow_pickle)
     report = LoadReport(path=str(path))
     unmapped: list[str] = []
-    if is_d2_state(raw):
+    d2_engine = getattr(model, "engine", "torchvision") == "detectron2"
+    stem_key, class_prefixes = STEM_KEY, CLASS_SPECIFIC_PREFIXES
+    if d2_engine:  # detectron2's own model: its names, no conversion
+        if not is_d2_state(raw):
+            raise WeightsError(
+                f"Weights file {path} has torchvision parameter names; MODEL.ENGINE detectron2 loads "
+                "detectron2 checkpoints (.pkl / .pth) only. Use MODEL.ENGINE torchvision for this file"
+            )
+        from pcna_seg.modeling.d2_engine import D2_CLASS_SPECIFIC_PREFIXES, D2_STEM_KEY
+
+        source, unmapped = d2_names(raw), []
+        stem_key, class_prefixes = D2_STEM_KEY, D2_CLASS_SPECIFIC_PREFIXES
+        report.source_format = "detectron2"
+    elif is_d2_state(raw):
         source, unmapped = convert_d2_state(raw, model)
         report.source_format = "detectron2"
     else:
@@ -215,7 +224,7 @@ def load_weights(
             new_state[name] = src.to(dtype=dst.dtype)
             report.loaded.append(name)
         elif (
-            name == STEM_KEY
+            name == stem_key
             and src.dim() == 4
             and src.shape[0] == dst.shape[0]
             and src.shape[2:] == dst.shape[2:]
@@ -223,7 +232,7 @@ def load_weights(
             new_state[name] = adapt_stem(src, dst.shape[1]).to(dtype=dst.dtype)
             report.adapted.append(name)
             report.shapes[name] = (tuple(src.shape), tuple(dst.shape))
-        elif _is_class_specific(name) or not strict_shapes:
+        elif name.startswith(class_prefixes) or not strict_shapes:
             report.reinitialised.append(name)
             report.shapes[name] = (tuple(src.shape), tuple(dst.shape))
         else:

@@ -113,3 +113,17 @@ def test_detectron2_weights_config_loads_and_builds():
     assert type(model.rpn.anchor_generator).__name__ == "ExactAnchorGenerator"
     mean = torch.tensor(model.transform.image_mean) * 255
     assert torch.allclose(mean, torch.tensor([103.53, 116.28, 123.675]), atol=1e-3)
+
+
+def test_detectron2_status_and_engine_check_without_detectron2(monkeypatch):
+    from pcna_seg.modeling import d2_adapter
+
+    monkeypatch.setattr(d2_adapter, "detectron2_available", lambda: False)
+    assert d2_adapter.detectron2_status().startswith("not installed")
+    cfg = small_cfg()
+    cfg.MODEL.ENGINE = "detectron2"
+    with pytest.raises(ConfigError, match="detectron2 is not installed"):
+        d2_adapter.check_engine(cfg)
+    cfg.MODEL.ENGINE = "mmdet"
+    with pytest.raises(ConfigError, match="MODEL.ENGINE must be one of torchvision, detectron2"):
+        build_model(cfg)
