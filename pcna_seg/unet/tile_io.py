@@ -23,15 +23,12 @@ import hdf5plugin  # noqa: F401  (registers the LZ4/Blosc/Zstd filters for readi
 import numpy as np
 
 from pcna_seg.errors import ConfigError, DataError
+from pcna_seg.unet.tile_jobs import CONFIG_KEYS
 from pcna_seg.unet.tiling import ARRAYS, TILES_VERSION
 
 # attr name in the tile file → config key it must match
 EXPECTED_KEYS: dict[str, str] = {
-    "tile": "UNET.TILING.TILE",
-    "channels": "UNET.CHANNELS",
-    "classes": "UNET.CLASSES",
-    "mode": "UNET.MODE",
-    "normalization": "UNET.TILING.NORMALIZATION",
+    k: CONFIG_KEYS[k] for k in ("tile", "channels", "classes", "mode", "normalization")
 }
 
 
