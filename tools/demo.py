@@ -1,7 +1,14 @@
 #!/usr/bin/env python
-"""`make demo`: synthetic data in every format → COCO → quick stage-3 training → evaluation.
+"""`make demo`: the staged campaign end to end on synthetic data, offline, in minutes on a CPU.
 
-python tools/demo.py --output demo_output [--no-train] [KEY VALUE ...]
+python tools/demo.py --output demo_output [--no-unet] [KEY VALUE ...]
+
+Writes realistic synthetic data in the DSB2018 / DeepCell / PCNA layouts (and every other format
+the project reads) and converts it; runs the quick three-stage campaign with tools/run_campaign.py
+(Kaggle nuclei -> DeepCell nuclei -> PCNA phases; report in OUTPUT/campaign/campaign_report.md);
+predicts the held-out PCNA movies; runs the quick live/dead U-Net chain. A second run reuses every
+step whose inputs and settings are unchanged and says so. Trailing KEY VALUE overrides go to every
+campaign stage (e.g. SOLVER.MAX_ITER 1000 SOLVER.STEPS "(800,)" for a longer run).
 """
 
 from __future__ import annotations
@@ -13,20 +20,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
-from pcna_seg.demo import run_demo  # noqa: E402
 
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> None:
     parser = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("demo_output"))
-    parser.add_argument("--no-train", action="store_true", help="data part only")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("opts", nargs="*", help="config overrides for the training run")
+    parser.add_argument("--no-unet", action="store_true", help="skip the live/dead U-Net chain")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument("opts", nargs="*", help="config overrides for every campaign stage")
     args = parser.parse_args(argv)
     setup_logging()
-    run_demo(args.output, train=not args.no_train, seed=args.seed, opts=args.opts)
-    print(f"\ndemo finished; everything is under {args.output}/")
+    from pcna_seg.demo import run_demo
+
+    run_demo(
+        args.output,
+        seed=args.seed,
+        opts=args.opts,
+        unet=not args.no_unet,
+        emit=lambda s: print(s, flush=True),
+    )
+    print(f"demo finished; everything is under {args.output}/")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
     python tools/run_campaign.py --config-file configs/campaigns/quick_pcna_staged.yaml DATASETS.ROOT datasets
     python tools/run_campaign.py --config-file ... --dry-run        # print the plan only
-    python tools/run_campaign.py --config-file ... --seeds 0 1 2    # repeat every stage per seed
+    python tools/run_campaign.py --config-file ... --seeds 0,1,2    # repeat every stage per seed
     python tools/run_campaign.py --config-file ... --num-gpus 4     # each stage on 4 GPUs
 
 Trailing KEY VALUE overrides apply to every stage (e.g. DATASETS.ROOT /data SOLVER.MAX_ITER 100).
@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         "--overwrite", action="store_true", help="retrain stale stages (and the stages starting from them)"
     )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", help="repeat the campaign per seed (replaces CAMPAIGN.SEEDS)"
+        "--seeds",
+        default=None,
+        metavar="0,1,2",
+        help="repeat the campaign per seed (replaces CAMPAIGN.SEEDS)",
     )
     parser.add_argument(
         "--num-gpus", type=int, default=1, help="processes per stage, as train_net.py --num-gpus"
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         args.opts,
         dry_run=args.dry_run,
         overwrite=args.overwrite,
-        seeds=args.seeds,
+        seeds=None if args.seeds is None else [t.strip() for t in args.seeds.split(",")],
         num_gpus=args.num_gpus,
         report=not args.no_report,
     )

@@ -12,10 +12,11 @@ A campaign file is an ordinary config whose ``CAMPAIGN`` node lists stage config
     OUTPUT_DIR: output/campaigns/pcna_staged
 
 Stage ``k`` writes to ``OUTPUT_DIR/<k>_<name>`` (``OUTPUT_DIR/seed<s>/<k>_<name>`` with
-``SEEDS``, each seed's run getting ``SEED s``) and, with ``CHAIN_WEIGHTS``, starts from stage
-``k-1``'s ``model_final.pth`` (class-specific layers are re-initialised by the weight loader
-when the class count changes). ``START_FROM`` overrides that per stage: ``"none"`` = random
-init, ``"<j>"`` = stage ``j``'s final weights (``j < k``), anything else = a weights file.
+``SEEDS``, each seed's run getting ``SEED s``; an ``OUTPUT_DIR`` in its STAGE_OPTS wins) and,
+with ``CHAIN_WEIGHTS``, starts from stage ``k-1``'s ``model_final.pth`` (class-specific layers
+are re-initialised by the weight loader when the class count changes). ``START_FROM``
+overrides that per stage: ``"none"`` = random init, ``"<j>"`` = stage ``j``'s final weights
+(``j < k``), anything else = a weights file.
 
 Each stage runs in its own process, ``tools/train_net.py --num-gpus N`` (the project's
 launcher), so it logs only into its own folder and can use several GPUs.
@@ -235,7 +236,8 @@ def plan_campaign(
             first = folders[key]
             raise ConfigError(
                 f"Stages {first.index} ({first.name}) and {st.index} ({st.name}) of {campaign_file} "
-                f"would both write into {st.output_dir}; give them different CAMPAIGN.STAGE_NAMES"
+                f"would both write into {st.output_dir} (an OUTPUT_DIR in CAMPAIGN.STAGE_OPTS is shared by "
+                "every seed and must differ between stages); give each stage its own folder"
             )
         folders[key] = st
     return ccfg, stages
@@ -269,8 +271,9 @@ def _plan_stage(
         raise ConfigError(
             f"CAMPAIGN.STAGE_NAMES entry {i + 1} of {campaign_file} is not a folder name: {label!r}"
         )
-    out = root / f"{i + 1}_{label}"
     own = split_opts(stage_opt)
+    own_out = [own[j + 1] for j in range(len(own) - 1) if own[j] == "OUTPUT_DIR"]
+    out = Path(own_out[-1]) if own_out else root / f"{i + 1}_{label}"  # a stage's own folder wins
     full = list(opts or []) + own
     if "MODEL.WEIGHTS" not in own or str(start).strip():
         full += _start_opts(start, i + 1, previous, bool(ccfg.CAMPAIGN.CHAIN_WEIGHTS), str(campaign_file))
