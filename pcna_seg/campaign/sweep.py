@@ -41,6 +41,7 @@ import difflib
 import itertools
 import logging
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,7 +254,7 @@ def load_sweep(path: str | Path, executor: str | None = None, workers: int | Non
         raise ConfigError(
             f"{src} needs base: the config file{' (campaign)' if trainer == 'campaign' else ''}"
         )
-    base = Path(data["base"]) if Path(data["base"]).is_absolute() else path.parent / data["base"]
+    base = Path(os.path.normpath(path.parent / os.path.expanduser(str(data["base"]))))
     if not base.is_file():
         raise ConfigError(f"base config {data['base']!r} named in {src} not found ({base})")
     opts: list[str] = []

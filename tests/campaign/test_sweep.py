@@ -3,6 +3,9 @@ any trial starts; --dry-run with a PBS (or SLURM) cluster section prints a valid
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -13,6 +16,7 @@ from _cli import expect_error, load_tool
 
 from pcna_seg.campaign import cluster, sweep
 from pcna_seg.campaign.staged import plan_campaign, write_pbs_scripts
+from pcna_seg.campaign.sweep_report import write_results
 from pcna_seg.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,3 +227,66 @@ def test_status_of_an_unstarted_sweep_and_bad_flags(tmp_path: Path, capsys) -> N
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x.txt").write_text("not a sweep")
     expect_error(capsys, "sweep", [str(path)], "holds no sweep")
+
+
+def _fake_done(trial, metrics: dict) -> None:
+    """A trial record as execute_trial writes it for a finished trial (no training here)."""
+    trial.dir.mkdir(parents=True, exist_ok=True)
+    rec = {
+        "id": trial.id,
+        "values": trial.values,
+        "status": "done",
+        "inputs": trial.inputs,
+        "metrics": metrics,
+        "wall_s": 1.0,
+        "attempts": 1,
+    }
+    (trial.dir / "trial.json").write_text(json.dumps(rec))
+
+
+def test_changed_inputs_make_finished_trials_stale(tmp_path: Path) -> None:
+    h5 = [tmp_path / "train.h5", tmp_path / "val.h5"]
+    for f in h5:
+        f.write_bytes(b"tiles")
+    opts = {"UNET.DATA.TRAIN_H5": str(h5[0]), "UNET.DATA.VAL_H5": str(h5[1])}
+    spec = sweep.load_sweep(_write(tmp_path, opts=opts))
+    trials = sweep.expand_trials(spec)
+    for t in trials:
+        _fake_done(t, {"pr_auc_mean": 0.5})
+    assert [sweep.trial_status(t) for t in trials] == ["done", "done"]
+    st = h5[1].stat()
+    os.utime(h5[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the validation tiles were remade
+    assert [sweep.trial_status(t) for t in sweep.expand_trials(spec)] == ["stale", "stale"]
+    with pytest.raises(
+        ConfigError, match=r"2 finished trial\(s\) .* read input files that changed.*--overwrite"
+    ):
+        sweep.run_sweep(spec)
+
+
+def test_results_ranked_and_a_metric_no_trial_reports(tmp_path: Path) -> None:
+    spec = sweep.load_sweep(
+        _write(tmp_path, grid={"UNET.SOLVER.BASE_LR": [0.01, 0.05, 0.1]}, mode="min", metric="val_loss")
+    )
+    trials = sweep.expand_trials(spec)
+    recs = {
+        trials[0].id: {"status": "done", "metrics": {"val_loss": 0.4}, "wall_s": 2.0, "attempts": 1},
+        trials[1].id: {"status": "failed", "error": "exit code 1: error: boom", "attempts": 1},
+        trials[2].id: {"status": "done", "metrics": {"val_loss": 0.2}, "wall_s": 3.0, "attempts": 1},
+    }
+    spec.output_dir.mkdir(parents=True)
+    out = write_results(spec, trials, recs, final=True)
+    rows = list(csv.DictReader(out["csv"].read_text(encoding="utf-8").splitlines()))
+    assert [(r["rank"], r["status"], r["val_loss"]) for r in rows] == [
+        ("1", "done", "0.2"),
+        ("2", "done", "0.4"),
+        ("", "failed", ""),
+    ]
+    assert rows[2]["error"] == "exit code 1: error: boom"
+    report = out["report"].read_text()
+    assert "## Failed trials" in report and "boom" in report and "val_loss = 0.2" in report
+    assert yaml.safe_load(out["best_config"].read_text())["UNET"]["SOLVER"]["BASE_LR"] == 0.1
+    recs = {t.id: {"status": "done", "metrics": {"val_los": 0.1}} for t in trials}
+    with pytest.raises(
+        ConfigError, match=r"No trial of .* reports the metric 'val_loss'; they report: val_los"
+    ):
+        write_results(spec, trials, recs, final=True)
