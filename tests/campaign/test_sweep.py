@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,31 @@ def test_results_ranked_and_a_metric_no_trial_reports(tmp_path: Path) -> None:
         ConfigError, match=r"No trial of .* reports the metric 'val_loss'; they report: val_los"
     ):
         write_results(spec, trials, recs, final=True)
+
+
+def test_local_executor_gives_each_concurrent_trial_its_own_gpu(monkeypatch) -> None:
+    import torch
+
+    from pcna_seg.campaign import executors
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert executors._gpu_groups(1) == ["0", "1", "2", "3"] and executors._gpu_groups(2) == ["0,1", "2,3"]
+    assert executors._gpu_groups(3) == ["0,1,2"] and executors._gpu_groups(0) == []
+    seen: list[str] = []
+    running: set[str] = set()
+
+    def fake_trial(p: dict) -> dict:
+        assert not p["gpus"] or p["gpus"] not in running  # no two trials on one GPU at the same time
+        running.add(p["gpus"])
+        seen.append(p["gpus"])
+        time.sleep(0.05)
+        running.discard(p["gpus"])
+        return {"id": p["id"], "status": "done"}
+
+    monkeypatch.setattr(executors, "execute_trial", fake_trial)
+    done: list[dict] = []
+    executors.LocalExecutor(workers=8, gpus_per_trial=2).run([{"id": str(i)} for i in range(6)], done.append)
+    assert len(done) == 6 and sorted(set(seen)) == ["0,1", "2,3"]  # 2 at once: 4 GPUs / 2 per trial
+    seen.clear()
+    executors.LocalExecutor(workers=2, gpus_per_trial=0).run([{"id": "a"}, {"id": "b"}], done.append)
+    assert seen == ["", ""]  # gpus: 0 hides every GPU from the trial
