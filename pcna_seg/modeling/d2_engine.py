@@ -6,9 +6,10 @@ time and nothing is registered into detectron2 until :func:`build_d2_model` (or
 
 :func:`build_d2_model` translates the project config into a detectron2 config
 (:func:`to_d2_config`: the same key names; the FPN levels named ``p2..p6``; IoU thresholds with
-their labels) and builds ``PcnaD2RCNN``, a ``GeneralizedRCNN`` subclass registered by the
-project whose calling convention is the torchvision engine's, so the project's trainer,
-mapper, checkpointer, evaluator and predictor use it unchanged:
+their labels; a registered ResNet-FPN builder that also allows FPN inputs without ``res5``)
+and builds ``PcnaD2RCNN``, a ``GeneralizedRCNN`` subclass registered by the project whose
+calling convention is the torchvision engine's, so the project's trainer, mapper,
+checkpointer, evaluator and predictor use it unchanged:
 
 - train: ``model(images, targets)`` with ``images`` a list of (C, H, W) float tensors from the
   project's input pipeline ([0, 1] channels at model scale; normalised by ``MODEL.PIXEL_MEAN``/
@@ -94,7 +95,9 @@ def to_d2_config(cfg: Any) -> Any:
         "",
     )
     m.PIXEL_MEAN, m.PIXEL_STD = [float(v) for v in M.PIXEL_MEAN], [float(v) for v in M.PIXEL_STD]
-    m.BACKBONE.NAME, m.BACKBONE.FREEZE_AT = M.BACKBONE.NAME, int(M.BACKBONE.FREEZE_AT)
+    # build_resnet_fpn_backbone (validated by check_names) → the same builder with the pool level
+    # on the last FPN input (see _define_classes)
+    m.BACKBONE.NAME, m.BACKBONE.FREEZE_AT = "build_pcna_resnet_fpn_backbone", int(M.BACKBONE.FREEZE_AT)
     r = m.RESNETS
     r.DEPTH, r.NORM, r.STRIDE_IN_1X1 = depth, M.RESNETS.NORM, bool(M.RESNETS.STRIDE_IN_1X1)
     r.OUT_FEATURES, r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS = list(M.RESNETS.OUT_FEATURES), stem, res2
@@ -143,7 +146,9 @@ def _define_classes() -> dict[str, type]:
     """Define and register (once) the project's detectron2 classes; imports detectron2."""
     if _CLASSES:
         return _CLASSES
-    from detectron2.modeling import META_ARCH_REGISTRY, ROI_HEADS_REGISTRY, GeneralizedRCNN
+    from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_HEADS_REGISTRY, GeneralizedRCNN
+    from detectron2.modeling.backbone import FPN, build_resnet_backbone
+    from detectron2.modeling.backbone.fpn import LastLevelMaxPool
     from detectron2.modeling.roi_heads import StandardROIHeads
     from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
     from detectron2.structures import BitMasks, Boxes, Instances
@@ -195,6 +200,21 @@ def _define_classes() -> dict[str, type]:
             )
             result.class_probs = torch.cat([row[:, k:], row[:, :k]], dim=1)
             return result, src[keep]
+
+    @BACKBONE_REGISTRY.register()
+    def build_pcna_resnet_fpn_backbone(cfg, input_shape):
+        """detectron2's ResNet-FPN whose max-pool level follows the last FPN input (P5 for
+        res2..res4; detectron2's own builder always pools P5, so it needs res5)."""
+        top = LastLevelMaxPool()
+        top.in_feature = f"p{cfg.MODEL.FPN.IN_FEATURES[-1][3:]}"
+        return FPN(
+            bottom_up=build_resnet_backbone(cfg, input_shape),
+            in_features=cfg.MODEL.FPN.IN_FEATURES,
+            out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+            norm=cfg.MODEL.FPN.NORM,
+            top_block=top,
+            fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        )
 
     @ROI_HEADS_REGISTRY.register()
     class PcnaD2ROIHeads(StandardROIHeads):

@@ -127,3 +127,22 @@ def test_detectron2_status_and_engine_check_without_detectron2(monkeypatch):
     cfg.MODEL.ENGINE = "mmdet"
     with pytest.raises(ConfigError, match="MODEL.ENGINE must be one of torchvision, detectron2"):
         build_model(cfg)
+
+
+def test_stage1_config_from_detectron2_weights_matches_the_base():
+    keys = [
+        "PIXEL_MEAN", "PIXEL_STD", "RESNETS.STRIDE_IN_1X1", "RESNETS.DEPTH", "ANCHOR_GENERATOR.NAME",
+        "ROI_BOX_HEAD.POOLER_TYPE", "ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "ROI_MASK_HEAD.POOLER_TYPE",
+        "ROI_MASK_HEAD.POOLER_SAMPLING_RATIO",
+    ]  # fmt: skip
+    base = load_config("configs/Base-MaskRCNN-FPN-detectron2-weights.yaml")
+    stage = load_config("configs/pcna/stage1_kaggle_R101_detectron2_weights.yaml")
+    plain = load_config("configs/pcna/stage1_kaggle_R101.yaml")
+
+    def get(cfg, key):
+        for part in key.split("."):
+            cfg = cfg[part]
+        return cfg
+
+    assert all(get(base.MODEL, k) == get(stage.MODEL, k) for k in keys)
+    assert stage.SOLVER == plain.SOLVER and stage.INPUT == plain.INPUT  # the seed's stage 1 otherwise
