@@ -10,6 +10,7 @@
 Each trial trains in OUTPUT_DIR = <output_dir>/trials/<hash of its config>/run; finished trials
 are skipped, interrupted or failed ones resumed from their checkpoints. Writes sweep_results.csv,
 sweep_report.md (ranked table, plots) and best_config.yaml into the sweep's output_dir.
+Exit code 2 when a trial failed (the others still ran; its error is in the report), 1 on bad input.
 """
 
 from __future__ import annotations

@@ -212,7 +212,9 @@ def execute_trial(p: dict[str, Any]) -> dict[str, Any]:
             with open(tdir / LOG, "ab") as log:
                 log.write(f"\n=== attempt {rec['attempts']} on {rec['host']}: {cmd}\n".encode())
                 log.flush()
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=p.get("cwd") or REPO
+                )
                 rec["pid"] = proc.pid
                 write_json_atomic(tdir / RECORD, rec, indent=1)
                 rc = proc.wait()

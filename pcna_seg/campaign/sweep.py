@@ -433,6 +433,7 @@ def payload(spec: SweepSpec, trial: Trial) -> dict[str, Any]:
         "inputs": trial.inputs,
         "test_datasets": trial.test_datasets,
         "cpus": spec.resources.cpus,
+        "cwd": str(Path.cwd()),  # relative paths in configs mean what they mean here
     }
 
 
