@@ -319,3 +319,20 @@ def test_local_executor_gives_each_concurrent_trial_its_own_gpu(monkeypatch) -> 
     seen.clear()
     executors.LocalExecutor(workers=2, gpus_per_trial=0).run([{"id": "a"}, {"id": "b"}], done.append)
     assert seen == ["", ""]  # gpus: 0 hides every GPU from the trial
+
+
+def test_status_tells_running_from_interrupted(tmp_path: Path) -> None:
+    import fcntl
+
+    trial = sweep.expand_trials(sweep.load_sweep(_write(tmp_path)))[0]
+    assert sweep.trial_status(trial) == "pending"
+    _fake_done(trial, {})
+    rec = json.loads((trial.dir / "trial.json").read_text())
+    (trial.dir / "trial.json").write_text(json.dumps({**rec, "status": "running"}))
+    assert sweep.trial_status(trial) == "interrupted"  # its process died: no one holds the lock
+    with open(trial.dir / ".trial.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        assert sweep.trial_status(trial) == "running"
+        other = sweep.ex.execute_trial({"id": trial.id, "dir": str(trial.dir), "values": {}, "inputs": {}})
+        assert other["status"] == "running"  # a second runner leaves it alone
+    assert sweep.trial_status(trial) == "interrupted"
