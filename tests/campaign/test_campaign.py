@@ -86,6 +86,18 @@ def test_quick_campaign_runs_chains_and_skips_on_rerun(campaign, caplog):
     written = json.loads((out / "campaign_summary.json").read_text())
     assert len(written["stages"]) == 3 and all("metrics" in r for r in written["stages"])
     assert "segm/AP50" in next(iter(written["stages"][2]["metrics"].values()))
+    row3 = written["stages"][2]
+    assert row3["iterations"] == 2 and row3["iterations_done"] == 2 and row3["wall_s"] > 0
+    assert row3["data"]["classes"] == ["G1/G2", "S", "M"] and row3["data"]["train"][0]["images"] >= 1
+    assert "total_loss" in row3["final_losses"]
+    # each stage ran in its own process and logged only into its own folder: no later stage's lines
+    for i, d in enumerate(STAGE_DIRS):
+        log = (out / d / "log.txt").read_text()
+        assert str(out / d) in log and all(later not in log for later in STAGE_DIRS[i + 1 :]), d
+    md = (out / "campaign_report.md").read_text()
+    for png in ("loss_curves.png", "heldout_metrics.png"):
+        assert f"]({png})" in md and (out / png).stat().st_size > 1000
+    assert "| 3_quick_stage3_pcna | pcna_stage3_val |" in md and (out / "report_overlays").is_dir()
     mtimes = _mtimes(out)
     with caplog.at_level(logging.INFO, logger="pcna_seg.campaign"):
         again = run_campaign(QUICK, opts)
