@@ -123,8 +123,6 @@ def to_d2_config(cfg: Any) -> Any:
         int(M.RPN.POST_NMS_TOPK_TEST),
     )
     p.IOU_THRESHOLDS, p.IOU_LABELS = _iou(M.RPN.IOU_THRESHOLDS)
-    if len(p.IOU_LABELS) == 2:
-        raise ConfigError("MODEL.RPN.IOU_THRESHOLDS needs two values (background, foreground) for detectron2")
     h, H = m.ROI_HEADS, M.ROI_HEADS
     h.NAME, h.IN_FEATURES, h.NUM_CLASSES = "PcnaD2ROIHeads", levels, int(H.NUM_CLASSES)
     h.BATCH_SIZE_PER_IMAGE, h.POSITIVE_FRACTION = int(H.BATCH_SIZE_PER_IMAGE), float(H.POSITIVE_FRACTION)

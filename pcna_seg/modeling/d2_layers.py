@@ -2,7 +2,8 @@
 
 - :class:`ExactAnchorGenerator` — ``MODEL.ANCHOR_GENERATOR.NAME: DefaultAnchorGenerator``:
   detectron2's cell anchors (``w = sqrt(size² / ratio)``, ``h = ratio · w``, centred on
-  ``offset · stride``, size-major order per location, not rounded). torchvision's generator
+  ``offset · stride``, size-major order per location, not rounded), on a grid with each
+  level's nominal stride (4, 8, ..., 64 with P2..P6). torchvision's generator
   rounds every anchor to whole pixels and orders them ratio-major; detectron2 weights expect
   the former, torchvision weights the latter.
 - :class:`PoolerRoIAlign` — a ``MultiScaleRoIAlign`` with the ``aligned`` flag of
@@ -57,7 +58,14 @@ class ExactAnchorGenerator(AnchorGenerator):
         return torch.tensor(cells, dtype=dtype, device=device)
 
     def grid_anchors(self, grid_sizes: list[list[int]], strides: list[list[Tensor]]) -> list[Tensor]:
-        """As torchvision's, plus the centre offset (a no-op for ``offset == 0``)."""
+        """As torchvision's, with detectron2's strides and the centre offset.
+
+        torchvision infers each level's stride as ``image_size // grid_size``, which is wrong on
+        a level whose map was rounded up (the pool level of a 224-px-high input: 224 // 4 = 56,
+        not 64); detectron2 uses the nominal stride. Here level k's stride is level 0's (exact:
+        inputs are padded to a multiple of 32) times 2**k.
+        """
+        strides = [[s * 2**k for s in strides[0]] for k in range(len(strides))]
         anchors = super().grid_anchors(grid_sizes, strides)
         if self.offset == 0.0:
             return anchors

@@ -19,6 +19,7 @@ pytest.importorskip("detectron2", reason="detectron2 is not installed (optional 
 from pcna_seg.config import load_config  # noqa: E402
 from pcna_seg.data import catalog  # noqa: E402
 from pcna_seg.data.mapper import DatasetMapper  # noqa: E402
+from pcna_seg.errors import WeightsError  # noqa: E402
 from pcna_seg.modeling import build_model, load_weights  # noqa: E402
 from pcna_seg.modeling.d2_adapter import detectron2_status  # noqa: E402
 from pcna_seg.modeling.d2_engine import register_datasets  # noqa: E402
@@ -123,6 +124,11 @@ def test_engine_loads_detectron2_checkpoints_with_head_reinit(tmp_path):
     report = load_weights(dst, path, strict=True)
     assert report.source_format == "detectron2" and not report.missing
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    tv = build_model(cfg_for("torchvision"))
+    tv_path = tmp_path / "tv.pth"
+    torch.save({"model": tv.state_dict()}, tv_path)
+    with pytest.raises(WeightsError, match="torchvision parameter names"):
+        load_weights(dst, tv_path)
     other = build_model(cfg_for("detectron2", "MODEL.ROI_HEADS.NUM_CLASSES", "1"))
     report = load_weights(other, path)
     assert sorted(report.reinitialised) == sorted(
