@@ -19,7 +19,7 @@ from typing import Any
 from pcna_seg.errors import ConfigError
 from pcna_seg.utils_io import write_text_atomic
 
-MAX_HEATMAP_VALUES = 12  # an axis with more distinct values (a continuous random axis) gets no heatmap
+MAX_HEATMAP_VALUES = 12  # an axis with more distinct values is plotted as a scatter, without heatmap
 
 
 def _fmt(v: Any) -> str:
@@ -118,7 +118,8 @@ def _numeric(values: list[Any]) -> bool:
 
 
 def plot_axes(spec: Any, rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Metric per axis value (box + dots) and a heatmap per pair of axes with few values."""
+    """Metric per axis value (box + dots; a scatter for a continuous axis) and a heatmap per pair
+    of categorical axes."""
     from pcna_seg.evaluation.report import pyplot, save_figure
 
     plt = pyplot()
@@ -126,10 +127,11 @@ def plot_axes(spec: Any, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     if not done:
         return []
     paths = []
+    categorical = [a for a in spec.axes if _categorical(spec, a, done)]
     for axis in spec.axes:
         vals = sorted({_fmt(r["values"][axis]) for r in done}, key=lambda s: (_sortkey(s), s))
-        fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(vals) + 1.5), 3.4))
-        if len(vals) <= MAX_HEATMAP_VALUES:
+        fig, ax = plt.subplots(figsize=(max(4.2, 0.9 * len(vals) + 1.5) if axis in categorical else 4.6, 3.6))
+        if axis in categorical:
             groups = [[r["metrics"][spec.metric] for r in done if _fmt(r["values"][axis]) == v] for v in vals]
             ax.boxplot(groups, positions=range(len(vals)), widths=0.5, showfliers=False)
             for i, g in enumerate(groups):
@@ -149,13 +151,20 @@ def plot_axes(spec: Any, rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 ax.set_xscale("log")
         ax.set_xlabel(axis, fontsize=8)
         ax.set_ylabel(spec.metric, fontsize=8)
-        ax.set_title(f"{spec.name}: {spec.metric} by {axis}", fontsize=9)
+        ax.set_title(f"{spec.name}\n{spec.metric} by {axis}", fontsize=9)
         fig.tight_layout()
         paths.append(save_figure(fig, out / f"sweep_{_slug(axis)}.png", dpi=110))
-    small = [a for a in spec.axes if len({_fmt(r["values"][a]) for r in done}) <= MAX_HEATMAP_VALUES]
-    for a, b in itertools.combinations(small, 2):
+    for a, b in itertools.combinations(categorical, 2):
         paths.append(_heatmap(plt, save_figure, spec, done, a, b, out))
     return paths
+
+
+def _categorical(spec: Any, axis: str, done: list[dict[str, Any]]) -> bool:
+    """Grid and ``choice``/``randint`` axes with few distinct values; a uniform or loguniform
+    random axis is continuous (every trial its own value): scatter plot, no heatmap."""
+    kind = next(iter(spec.random_axes[axis])) if axis in spec.random_axes else "grid"
+    few = len({_fmt(r["values"][axis]) for r in done}) <= MAX_HEATMAP_VALUES
+    return kind not in ("uniform", "loguniform") and few
 
 
 def _sortkey(s: str) -> float:

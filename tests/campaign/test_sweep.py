@@ -336,3 +336,27 @@ def test_status_tells_running_from_interrupted(tmp_path: Path) -> None:
         other = sweep.ex.execute_trial({"id": trial.id, "dir": str(trial.dir), "values": {}, "inputs": {}})
         assert other["status"] == "running"  # a second runner leaves it alone
     assert sweep.trial_status(trial) == "interrupted"
+
+
+def test_plots_scatter_continuous_axes_and_heatmap_categorical_pairs(tmp_path: Path) -> None:
+    rnd = {
+        "samples": 4,
+        "seed": 1,
+        "axes": {"UNET.DROPOUT": {"uniform": [0.0, 0.5]}, "UNET.DATA.BATCH_SIZE": {"choice": [8, 16]}},
+    }
+    spec = sweep.load_sweep(_write(tmp_path, grid={"UNET.SOLVER.OPTIMIZER": ["sgd", "adam"]}, random=rnd))
+    trials = sweep.expand_trials(spec)
+    recs = {
+        t.id: {"status": "done", "metrics": {"pr_auc_mean": 0.5 + t.values["UNET.DROPOUT"]}} for t in trials
+    }
+    spec.output_dir.mkdir(parents=True)
+    pngs = [p.name for p in write_results(spec, trials, recs, final=True)["pngs"]]
+    assert sorted(pngs) == sorted(
+        [
+            "sweep_UNET_SOLVER_OPTIMIZER.png",
+            "sweep_UNET_DROPOUT.png",
+            "sweep_UNET_DATA_BATCH_SIZE.png",
+            "sweep_heatmap_UNET_SOLVER_OPTIMIZER__UNET_DATA_BATCH_SIZE.png",
+        ]
+    )
+    assert all((spec.output_dir / p).stat().st_size > 5000 for p in pngs)
