@@ -422,6 +422,8 @@ def payload(spec: SweepSpec, trial: Trial) -> dict[str, Any]:
     """What a worker needs to run a trial (plain data, picklable)."""
     tool = {"unet": "train_unet.py", "train_net": "train_net.py", "campaign": "run_campaign.py"}[spec.trainer]
     args = ["--config-file", str(spec.base.resolve())] + ([] if spec.trainer == "campaign" else ["--resume"])
+    if spec.trainer == "train_net" and spec.resources.gpus > 1:  # one process per GPU (DDP)
+        args += ["--num-gpus", str(spec.resources.gpus)]
     opts = [*spec.opts, *trial.opts, "OUTPUT_DIR", str(trial.run_dir.resolve())]
     return {
         "id": trial.id,

@@ -360,3 +360,16 @@ def test_plots_scatter_continuous_axes_and_heatmap_categorical_pairs(tmp_path: P
         ]
     )
     assert all((spec.output_dir / p).stat().st_size > 5000 for p in pngs)
+
+
+def test_missing_distributed_is_one_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask.distributed were not installed
+    path = _write(tmp_path, executor={"kind": "dask", "workers": 2})
+    expect_error(capsys, "sweep", [str(path)], "executor.kind dask needs dask.distributed", "pip install")
+    assert not (tmp_path / "out").exists()
+    spec = sweep.load_sweep(
+        _write(tmp_path, trainer="train_net", base=NET_BASE, metric="segm/AP50", resources={"gpus": 2})
+    )
+    assert sweep.payload(spec, sweep.expand_trials(spec)[0])["args"][3:5] == ["--num-gpus", "2"]
