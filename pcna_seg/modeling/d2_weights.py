@@ -105,8 +105,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def read_d2_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a detectron2 model-zoo ``.pkl`` into ``{name: tensor}`` (CPU, the file's dtypes).
 
-    WeightsError for a missing/corrupt file, a pickle holding anything but arrays, or Caffe2
-    (Detectron v1 / MSRA ImageNet) names, which need detectron2's heuristic renaming.
+    WeightsError for a missing/corrupt file or a pickle holding anything but arrays. MSRA
+    ImageNet ResNets with Caffe2 names are renamed (:func:`caffe2_backbone_names`); a Caffe2
+    detector (Detectron v1) is a WeightsError.
     """
     path = Path(path)
     if not path.is_file():
@@ -118,11 +119,13 @@ def read_d2_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightsError(f"cannot read weights pickle {path}: {exc}") from None
     except Exception as exc:  # EOFError, ValueError, ... for damaged files
         raise WeightsError(f"cannot read weights pickle {path}: {type(exc).__name__}: {exc}") from None
-    model = obj.get("model", obj) if isinstance(obj, dict) else None
+    model = (obj.get("model") or obj.get("blobs") or obj) if isinstance(obj, dict) else None
     if not isinstance(model, dict):
         raise WeightsError(f"weights pickle {path} holds no {{name: array}} dict under 'model'")
     state = {}
     for key, val in model.items():
+        if str(key).endswith("_momentum"):  # Caffe2 optimizer state
+            continue
         if isinstance(val, np.ndarray):
             state[str(key)] = torch.from_numpy(np.ascontiguousarray(val))
         elif isinstance(val, torch.Tensor):
@@ -130,13 +133,52 @@ def read_d2_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not state:
         raise WeightsError(f"weights pickle {path} holds no arrays under 'model'")
     if any(_CAFFE2.match(k) for k in state) and not is_d2_state(state):
-        raise WeightsError(
-            f"weights pickle {path} uses Caffe2 (Detectron v1 / MSRA ImageNet) parameter names; convert it "
-            "to detectron2 names first, or start from a detectron2 model-zoo model_final_*.pkl or a "
-            "torchvision .pth"
-        )
+        state = caffe2_backbone_names(state, path)
     logger.info("Read %d arrays from detectron2 pickle %s (author: %s)", len(state), path, _author(obj))
     return state
+
+
+_C2_RES = re.compile(r"^res(\d)_(\d+)_branch(1|2a|2b|2c)(_bn)?_(w|s|b)$")
+_C2_PART = {"1": "shortcut", "2a": "conv1", "2b": "conv2", "2c": "conv3"}
+
+
+def caffe2_backbone_names(state: dict[str, torch.Tensor], path: Any = "") -> dict[str, torch.Tensor]:
+    """MSRA / Caffe2 ImageNet ResNet names (``conv1_w``, ``res_conv1_bn_s``,
+    ``res2_0_branch2a_w``, ...) → bare detectron2 ResNet names (``stem.conv1.weight``, ...).
+
+    Caffe2's batch norm is an affine channel (scale ``_s``, shift ``_b``): the running mean and
+    variance are written as 0 and 1. The ``fc1000`` classifier is dropped. Any other Caffe2 name
+    (a Detectron v1 detector: FPN, RPN, heads) is a WeightsError.
+    """
+    out: dict[str, torch.Tensor] = {}
+    leaf = {"w": "weight", "s": "weight", "b": "bias"}
+    for key, val in state.items():
+        if key.startswith("fc1000_"):
+            continue
+        if key == "conv1_w":
+            out["stem.conv1.weight"] = val
+            continue
+        if key in ("res_conv1_bn_s", "res_conv1_bn_b"):
+            base, name = "stem.conv1.norm", leaf[key[-1]]
+        else:
+            m = _C2_RES.match(key)
+            if not m:
+                raise WeightsError(
+                    f"weights pickle {path} holds Caffe2 (Detectron v1) name {key!r}: only MSRA ImageNet "
+                    "ResNets are converted from Caffe2 names; use a detectron2 model-zoo model_final_*.pkl"
+                )
+            stage, block, branch, bn, kind = m.groups()
+            conv = f"res{stage}.{block}.{_C2_PART[branch]}"
+            if not bn:
+                out[f"{conv}.weight"] = val
+                continue
+            base, name = f"{conv}.norm", leaf[kind]
+        out[f"{base}.{name}"] = val
+        if name == "weight":
+            out[f"{base}.running_mean"] = torch.zeros_like(val)
+            out[f"{base}.running_var"] = torch.ones_like(val)
+    logger.info("Converted %d Caffe2 (MSRA ImageNet) ResNet arrays to detectron2 names", len(state))
+    return out
 
 
 def _author(obj: Any) -> str:

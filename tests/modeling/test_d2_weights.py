@@ -212,10 +212,41 @@ def test_pickle_with_code_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_msra_imagenet_caffe2_names_load_into_the_backbone(tmp_path):
+    """An MSRA ImageNet R-50 ``.pkl`` (Caffe2 names, affine-only BN) fills the whole ResNet."""
+    cfg = get_default_config()
+    cfg.MODEL.DEVICE, cfg.MODEL.RESNETS.STRIDE_IN_1X1 = "cpu", True
+    model = build_model(cfg)
+    rng = np.random.default_rng(0)
+    arr = lambda t: rng.standard_normal(tuple(t.shape)).astype(np.float32)  # noqa: E731
+    body = model.backbone.body
+    blobs = {"conv1_w": arr(body.conv1.weight), "res_conv1_bn_s": arr(body.bn1.weight),
+             "res_conv1_bn_b": arr(body.bn1.bias), "fc1000_w": np.zeros((1000, 2048), np.float32),
+             "conv1_w_momentum": np.zeros(1, np.float32)}  # fmt: skip
+    for s in range(2, 6):
+        for b, block in enumerate(getattr(body, f"layer{s - 1}")):
+            for c2, conv, bn in (("2a", "conv1", "bn1"), ("2b", "conv2", "bn2"), ("2c", "conv3", "bn3")):
+                blobs[f"res{s}_{b}_branch{c2}_w"] = arr(getattr(block, conv).weight)
+                blobs[f"res{s}_{b}_branch{c2}_bn_s"] = arr(getattr(block, bn).weight)
+                blobs[f"res{s}_{b}_branch{c2}_bn_b"] = arr(getattr(block, bn).bias)
+            if block.downsample is not None:
+                blobs[f"res{s}_{b}_branch1_w"] = arr(block.downsample[0].weight)
+                blobs[f"res{s}_{b}_branch1_bn_s"] = arr(block.downsample[1].weight)
+                blobs[f"res{s}_{b}_branch1_bn_b"] = arr(block.downsample[1].bias)
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(pickle.dumps({"blobs": blobs}))
+    report = load_weights(model, path)
+    assert not any(n.startswith("backbone.body.") for n in report.missing)
+    assert torch.equal(body.layer3[2].conv2.weight, torch.from_numpy(blobs["res4_2_branch2b_w"]))
+    assert torch.equal(body.layer2[0].downsample[1].weight, torch.from_numpy(blobs["res3_0_branch1_bn_s"]))
+    assert bool((body.layer4[0].bn3.running_var == 1).all() and (body.bn1.running_mean == 0).all())
+
+
 def test_caffe2_names_and_broken_files_are_clear_errors(tmp_path):
-    c2 = tmp_path / "R-50.pkl"
-    c2.write_bytes(pickle.dumps({"blobs": None, "conv1_w": np.zeros((64, 3, 7, 7), np.float32)}))
-    with pytest.raises(WeightsError, match="Caffe2"):
+    c2 = tmp_path / "e2e_mask_rcnn.pkl"
+    c2.write_bytes(pickle.dumps({"blobs": {"conv1_w": np.zeros((64, 3, 7, 7), np.float32),
+                                           "fpn_inner_res5_2_sum_w": np.zeros(1, np.float32)}}))  # fmt: skip
+    with pytest.raises(WeightsError, match="Caffe2 .*fpn_inner_res5_2_sum_w"):
         read_d2_pickle(c2)
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"not a pickle")
