@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import time
@@ -67,18 +68,23 @@ def _same(folder: Path, made_by: dict[str, Any]) -> bool:
         return False
 
 
+def campaign_args(out: Path, opts: list[str]) -> list[str]:
+    """``tools/run_campaign.py`` arguments of the demo's campaign (``--overwrite``: the folder is
+    the demo's, so a stage whose inputs changed is retrained; unchanged ones are skipped)."""
+    root, camp = str(out / "datasets"), str(out / "campaign")
+    return ["run_campaign.py", "--config-file", CAMPAIGN, "--overwrite", "DATASETS.ROOT", root,
+            "OUTPUT_DIR", camp, *DEMO_SCHEDULE, *opts]  # fmt: skip
+
+
 def run_campaign_step(out: Path, opts: list[str]) -> dict[str, Any]:
     """The quick campaign via ``tools/run_campaign.py``; returns its ``campaign_summary.json``."""
-    root, camp = str(out / "datasets"), str(out / "campaign")
-    args = ["run_campaign.py", "--config-file", CAMPAIGN, "--overwrite", "DATASETS.ROOT", root,
-            "OUTPUT_DIR", camp, *DEMO_SCHEDULE, *opts]  # fmt: skip
-    _tool(args, out / "logs" / "campaign.log")
+    _tool(campaign_args(out, opts), out / "logs" / "campaign.log")
     return json.loads((out / "campaign" / "campaign_summary.json").read_text(encoding="utf-8"))
 
 
 def campaign_table(summary: dict[str, Any]) -> str:
     """One line per stage: what the run did, iterations, wall time and held-out metrics."""
-    head = (f"{'stage':<26} {'this run':<9} {'iters':>5} {'wall s':>6}  {'segm AP50':>9} {'AP75':>5} "
+    head = (f"{'stage':<26} {'this run':<9} {'iters':>5} {'train s':>7}  {'segm AP50':>9} {'AP75':>5} "
             f"{'cell F1':>7} {'PQ':>5} {'DSB':>5} {'phase bacc':>10}  AP per class")  # fmt: skip
     lines = [head, "-" * len(head)]
     for r in summary["stages"]:
@@ -88,9 +94,10 @@ def campaign_table(summary: dict[str, Any]) -> str:
             return f"{m[key]:>{w}.3f}" if key in m else f"{'-':>{w}}"
 
         per = ", ".join(f"{k[8:]} {v:.2f}" for k, v in m.items() if k.startswith("segm/AP-"))
-        wall = f"{r['wall_s']:>6.0f}" if r.get("wall_s") is not None else f"{'-':>6}"
+        wall = f"{r['wall_s']:>7.0f}" if r.get("wall_s") is not None else f"{'-':>7}"
+        did = "reused" if r["action"] == "skip" else r["action"]
         lines.append(
-            f"{r['index']}_{r['name']:<24} {r['action']:<9} {r.get('iterations_done', 0):>5} {wall}  "
+            f"{r['index']}_{r['name']:<24} {did:<9} {r.get('iterations_done', 0):>5} {wall}  "
             f"{f('segm/AP50', 9)} {f('segm/AP75', 5)} {f('cells/f1@0.5', 7)} {f('cells/pq@0.5', 5)} "
             f"{f('cells/dsb_score', 5)} {f('phases/balanced_accuracy', 10)}  {per}"
         )
@@ -197,8 +204,8 @@ def run_demo(
     print(data_table(rows))
     summary: dict[str, Any] = {"data": rows}
     print(
-        f"\n[2/4] quick three-stage campaign: tools/run_campaign.py --config-file {CAMPAIGN} --overwrite "
-        f"DATASETS.ROOT {out / 'datasets'} OUTPUT_DIR {out / 'campaign'} {' '.join(DEMO_SCHEDULE)}"
+        "\n[2/4] quick three-stage campaign (Kaggle nuclei → DeepCell nuclei → PCNA phases):\n  python tools/"
+        + shlex.join(campaign_args(out, list(opts or [])))
     )
     camp = run_campaign_step(out, list(opts or []))
     print(campaign_table(camp))

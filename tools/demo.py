@@ -14,6 +14,7 @@ campaign stage (e.g. SOLVER.MAX_ITER 1000 SOLVER.STEPS "(800,)" for a longer run
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -28,9 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("demo_output"))
     parser.add_argument("--no-unet", action="store_true", help="skip the live/dead U-Net chain")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    parser.add_argument("--verbose", action="store_true", help="show the library's log lines too")
     parser.add_argument("opts", nargs="*", help="config overrides for every campaign stage")
     args = parser.parse_args(argv)
     setup_logging()
+    if not args.verbose:  # the tables are the demo's output; each step's full log is in OUTPUT/logs
+        logging.getLogger("pcna_seg").setLevel(logging.WARNING)
     from pcna_seg.demo import run_demo
 
     run_demo(

@@ -143,7 +143,8 @@ def write_overlays(rows: list[dict[str, Any]], out_dir: Path, n: int = 3) -> lis
         return []
     opts = ["MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC", "True", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"]
     cfg = load_predict_config(weights, None, opts)
-    frames = find_inputs(tests[0]["json_file"], None)[:n]
+    frames = find_inputs(tests[0]["json_file"], None)
+    frames = frames[:: max(1, len(frames) // n)][:n]  # spread over the test set (other movies)
     run_prediction(Predictor(cfg, weights), frames, out_dir, progress=False, overwrite=True)
     return sorted(out_dir.glob("*_overlay.png"))
 
