@@ -1,34 +1,24 @@
 """Hyperparameter sweeps over either trainer (or whole campaigns), one directory per trial.
 
-A sweep file (YAML; paths relative to it)::
+A sweep file (YAML, paths relative to it; examples in ``configs/sweeps/``) has ``name``,
+``trainer`` (``unet`` | ``train_net`` | ``campaign``), ``base`` (the config or campaign file),
+``opts`` (fixed ``KEY: value`` overrides), ``output_dir``, ``metric`` and ``mode`` (``max`` |
+``min``), ``grid`` (``KEY: [values]``, every combination), ``random`` (``samples``, ``seed``,
+``axes: {KEY: {uniform|loguniform|randint: [lo, hi]} | {choice: [values]}}``; each draw is
+crossed with the grid), ``resources`` per trial (``cpus``, ``gpus``, ``memory``, ``walltime``)
+and ``executor`` (``kind: local|dask``, ``workers``, ``address``, ``cluster``: see
+:mod:`pcna_seg.campaign.executors` and :class:`pcna_seg.campaign.cluster.ClusterSpec`).
 
-    name: livedead_opt_lr
-    trainer: unet                   # unet | train_net | campaign
-    base: ../unet/livedead_quick.yaml
-    opts: {UNET.SOLVER.EPOCHS: 4}   # fixed overrides for every trial
-    output_dir: output/sweeps/livedead_opt_lr
-    metric: pr_auc_mean             # what the table is ranked by
-    mode: max                       # max | min
-    grid:                           # every combination
-      UNET.SOLVER.OPTIMIZER: [sgd, adam]
-      UNET.SOLVER.BASE_LR: [0.01, 0.05]
-    random:                         # optional: `samples` draws (seeded), each crossed with the grid
-      samples: 3
-      seed: 0
-      axes: {UNET.DROPOUT: {uniform: [0.0, 0.3]}, UNET.SOLVER.WEIGHT_DECAY: {loguniform: [1e-5, 1e-3]},
-             UNET.DATA.BATCH_SIZE: {choice: [8, 16]}, UNET.DEPTH: {randint: [2, 3]}}
-    resources: {cpus: 1, gpus: 1, memory: 4GB, walltime: "01:00:00"}   # per trial
-    executor: {kind: local, workers: 2}    # or kind: dask (see pcna_seg.campaign.executors)
-
-Every trial is the base config with its axis values as ``KEY VALUE`` overrides. Its folder is
-``output_dir/trials/<hash>`` where the hash is that of the trainer and the *resolved* config
-(``OUTPUT_DIR`` aside), so two axis combinations that resolve to the same config are one trial
-and a re-run finds its trials again: finished ones are skipped, interrupted or failed ones are
-continued (``--resume``: from their last checkpoint). The folder holds ``config.yaml`` (the
-resolved config, ``OUTPUT_DIR`` = ``run/``), ``trial.json`` (values, status, metrics, wall time,
-error, the input files' fingerprint), ``log.txt`` and ``run/`` (the trainer's output). A
-finished trial whose input files (tiles, datasets, starting weights) changed is *stale*: the
-sweep stops before any trial runs unless ``overwrite``, which retrains it from scratch.
+Every trial is the base config with its axis values as ``KEY VALUE`` overrides, in
+``output_dir/trials/<hash>``: the hash of the trainer and of the resolved config's values that
+differ from the project defaults (``OUTPUT_DIR`` aside), so axis combinations that resolve to
+the same config are one trial, a re-run finds its trials again (finished: skipped; interrupted
+or failed: continued with ``--resume`` from their checkpoint) and a key added to the project
+later moves nothing. The folder holds ``config.yaml`` (resolved, ``OUTPUT_DIR`` = ``run/``),
+``trial.json`` (values, status, metrics, wall time, error, input-file fingerprint), ``log.txt``
+and ``run/``. A finished trial is *stale* when its input files (tiles, datasets, starting
+weights) or one of its config values (a changed default) changed: the sweep stops before any
+trial runs unless ``overwrite``, which retrains it from scratch.
 
 Everything a user can get wrong (unknown keys with the closest valid one, empty axes, a metric
 the trainer does not report, a missing dask / dask-jobqueue install) is a ConfigError raised
@@ -39,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import json
 import logging
 import math
 import os
@@ -60,19 +51,7 @@ from pcna_seg.utils_io import file_stats, fingerprint, write_json_atomic, write_
 
 logger = logging.getLogger(__name__)
 TRAINERS = ("unet", "train_net", "campaign")
-SPEC_KEYS = (
-    "name",
-    "trainer",
-    "base",
-    "opts",
-    "output_dir",
-    "metric",
-    "mode",
-    "grid",
-    "random",
-    "resources",
-    "executor",
-)
+SPEC_KEYS = tuple("name trainer base opts output_dir metric mode grid random resources executor".split())
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 PLACEHOLDER = "<trial>"  # OUTPUT_DIR while hashing: the hash cannot depend on the folder it names
 MARKER = "sweep.json"
@@ -152,13 +131,7 @@ def token(value: Any) -> str:
 
 
 def _config_keys() -> list[str]:
-    def walk(node: Any, prefix: str) -> list[str]:
-        out = []
-        for k, v in node.items():
-            out += walk(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-        return out
-
-    return walk(get_default_config(), "")
+    return list(_flat(yaml.safe_load(get_default_config().dump())))
 
 
 def check_key(key: Any, where: str) -> str:
@@ -229,14 +202,8 @@ def _executor(data: Any, resources: Resources, src: str) -> ExecutorSpec:
         if spec.kind != "dask" or spec.address:
             raise ConfigError(f"executor.cluster in {src} needs executor.kind dask and no executor.address")
         raw = dict(_mapping(d["cluster"], f"executor.cluster in {src}"))
-        defaults = {
-            "cores": resources.cpus,
-            "memory": resources.memory,
-            "walltime": resources.walltime,
-            "jobs": spec.workers,
-            "gpus": resources.gpus,
-        }
-        for key, value in defaults.items():
+        for key, value in (("cores", resources.cpus), ("memory", resources.memory), ("jobs", spec.workers),
+                           ("walltime", resources.walltime), ("gpus", resources.gpus)):  # fmt: skip
             raw.setdefault(key, value)
         spec.cluster = ClusterSpec.from_dict(raw, f"executor.cluster in {src}")
     return spec
@@ -368,13 +335,9 @@ def expand_trials(spec: SweepSpec) -> list[Trial]:
         axis_opts = [t for k, v in values.items() for t in (k, token(v))]
         where = f"Trial {values} of {spec.file}"
         text, config_text, tests, cfg = _resolve(spec, axis_opts, where)
-        tid = fingerprint(
-            {
-                "trainer": spec.trainer,
-                "config": yaml.safe_load(text.split("\n---\n")[0]),
-                "stages": text.split("\n---\n")[1:],
-            }
-        )[:12]
+        parts = [yaml.safe_load(x) for x in text.split("\n---\n")]
+        ident = {"trainer": spec.trainer, "config": [_non_default(p) for p in parts]}
+        tid = fingerprint(ident)[:12]
         if tid in trials:
             logger.info("Trial %s resolves to the same config as %s: run once", values, trials[tid].values)
             continue
@@ -388,22 +351,50 @@ def expand_trials(spec: SweepSpec) -> list[Trial]:
 
 
 def trial_status(trial: Trial) -> str:
-    """``done``, ``running`` (its lock is held), ``interrupted``, ``failed``, ``stale`` or ``pending``."""
+    """``done``, ``running`` (its lock is held), ``interrupted``, ``failed``, ``stale`` (done, but
+    :func:`changes` finds something) or ``pending``."""
     rec = ex.read_record(trial.dir)
     status = rec.get("status", "pending")
     if ex.is_locked(trial.dir):
         return "running"
     if status == "running":
         return "interrupted"
-    if status == "done" and rec.get("inputs", {}) != json_roundtrip(trial.inputs):
+    if status == "done" and changes(trial, rec):
         return "stale"
     return status if status in ("done", "failed") else "pending"
 
 
-def json_roundtrip(obj: Any) -> Any:
-    import json
+def changes(trial: Trial, rec: dict[str, Any]) -> list[str]:
+    """What changed since a finished trial ran: its input files, or config keys it had whose
+    value differs now (a changed project default; keys added since are not a change)."""
+    out = []
+    if rec.get("inputs", {}) != json.loads(json.dumps(trial.inputs, default=str)):
+        out.append("its input files (tiles, datasets or starting weights) changed")
+    try:
+        saved = _flat(yaml.safe_load((trial.dir / "config.yaml").read_text(encoding="utf-8")) or {})
+    except (OSError, yaml.YAMLError):
+        saved = {}
+    now = _flat(yaml.safe_load(trial.config_text) or {})
+    keys = sorted(k for k in saved.keys() & now.keys() if saved[k] != now[k])
+    if keys:
+        out.append("config " + ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in keys[:3]))
+    return out
 
-    return json.loads(json.dumps(obj, default=str))
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"A": {"B": 1}}`` -> ``{"A.B": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _non_default(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The values of a resolved config that differ from the project defaults: a trial's identity,
+    so a key added to the project later (with its default) leaves every trial where it is."""
+    defaults = _flat(yaml.safe_load(get_default_config().dump()))
+    return {k: v for k, v in _flat(cfg).items() if k not in defaults or defaults[k] != v}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,8 +453,9 @@ def run_sweep(spec: SweepSpec, overwrite: bool = False) -> dict[str, Any]:
     stale = [t for t in trials if status[t.id] == "stale"]
     if stale and not overwrite:
         raise ConfigError(
-            f"{len(stale)} finished trial(s) of {spec.file} read input files that changed since "
-            f"(first: {stale[0].dir}, {stale[0].values}); pass --overwrite to retrain them"
+            f"{len(stale)} finished trial(s) of {spec.file} changed since they ran (first: {stale[0].dir}, "
+            f"{stale[0].values}: {'; '.join(changes(stale[0], ex.read_record(stale[0].dir)))}); "
+            "pass --overwrite to retrain them"
         )
     busy = [t for t in trials if status[t.id] == "running"]
     if busy:

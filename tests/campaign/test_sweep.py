@@ -18,6 +18,7 @@ from _cli import expect_error, load_tool
 from pcna_seg.campaign import cluster, sweep
 from pcna_seg.campaign.staged import plan_campaign, write_pbs_scripts
 from pcna_seg.campaign.sweep_report import write_results
+from pcna_seg.config.defaults import get_default_config
 from pcna_seg.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,6 +244,7 @@ def _fake_done(trial, metrics: dict) -> None:
         "attempts": 1,
     }
     (trial.dir / "trial.json").write_text(json.dumps(rec))
+    (trial.dir / "config.yaml").write_text(trial.config_text)
 
 
 def test_changed_inputs_make_finished_trials_stale(tmp_path: Path) -> None:
@@ -259,9 +261,30 @@ def test_changed_inputs_make_finished_trials_stale(tmp_path: Path) -> None:
     os.utime(h5[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the validation tiles were remade
     assert [sweep.trial_status(t) for t in sweep.expand_trials(spec)] == ["stale", "stale"]
     with pytest.raises(
-        ConfigError, match=r"2 finished trial\(s\) .* read input files that changed.*--overwrite"
+        ConfigError, match=r"2 finished trial\(s\) .* changed since .*input files.*--overwrite"
     ):
         sweep.run_sweep(spec)
+    os.utime(h5[1], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [sweep.trial_status(t) for t in sweep.expand_trials(spec)] == ["done", "done"]
+    # a project default changed since the trials ran (the saved config says what they ran with)
+    cfg = yaml.safe_load(trials[0].config_text)
+    cfg["UNET"]["SOLVER"]["MOMENTUM"] = 0.5
+    (trials[0].dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert [sweep.trial_status(t) for t in sweep.expand_trials(spec)] == ["stale", "done"]
+    assert sweep.changes(trials[0], {"inputs": trials[0].inputs}) == [
+        "config UNET.SOLVER.MOMENTUM 0.5 -> 0.9"
+    ]
+    del cfg["UNET"]["SOLVER"]["MOMENTUM"]  # a key added to the project since: not a change
+    (trials[0].dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert sweep.trial_status(sweep.expand_trials(spec)[0]) == "done"
+
+
+def test_trial_identity_ignores_values_equal_to_the_defaults(tmp_path: Path) -> None:
+    base = sweep.expand_trials(sweep.load_sweep(_write(tmp_path)))
+    momentum = get_default_config().UNET.SOLVER.MOMENTUM  # setting a key to its default: same trial
+    same = sweep.expand_trials(sweep.load_sweep(_write(tmp_path, opts={"UNET.SOLVER.MOMENTUM": momentum})))
+    other = sweep.expand_trials(sweep.load_sweep(_write(tmp_path, opts={"UNET.SOLVER.MOMENTUM": 0.5})))
+    assert [t.id for t in same] == [t.id for t in base] and not {t.id for t in other} & {t.id for t in base}
 
 
 def test_results_ranked_and_a_metric_no_trial_reports(tmp_path: Path) -> None:
