@@ -254,3 +254,17 @@ def test_caffe2_names_and_broken_files_are_clear_errors(tmp_path):
         load_weights(build_model(fixture_cfg()), bad)
     with pytest.raises(WeightsError, match="not found"):
         load_weights(build_model(fixture_cfg()), tmp_path / "missing.pkl")
+
+
+def test_pixel_statistics_in_the_file_are_checked(caplog):
+    model = build_model(fixture_cfg())  # PIXEL_MEAN = [103.53, 116.28, 123.675] / 255
+    d2 = read_d2_pickle(FIX / "r18n.pkl")
+    d2["pixel_mean"] = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+    with caplog.at_level("WARNING"):
+        convert_d2_state(d2, model)
+    assert "pixel_mean" not in caplog.text
+    d2["pixel_std"] = torch.tensor([57.375, 57.12, 58.395]).view(3, 1, 1)  # torchvision-style weights
+    with caplog.at_level("WARNING"):
+        tv, _ = convert_d2_state(d2, model)
+    assert "pixel_std [57.375, 57.12, 58.395]" in caplog.text and "MODEL.PIXEL_STD" in caplog.text
+    assert "pixel_std" not in tv and "pixel_mean" not in tv
