@@ -202,7 +202,15 @@ def run_demo(
     print(f"[1/4] synthetic data (realistic simulator) → real converters → {out / 'datasets'}")
     rows = prepare_campaign_data(out / "datasets", out / "raw", [*DEMO_SETS, *EXTRA_SETS], seed)
     print(data_table(rows))
-    summary: dict[str, Any] = {"data": rows}
+    from pcna_seg.data.coco_io import load_coco
+    from pcna_seg.data.visualize import contact_sheet
+
+    records, meta = load_coco(out / "datasets" / "pcna_stage3" / "annotations.json")
+    sheet = contact_sheet(
+        records, meta["thing_classes"], out / "contact_sheet_pcna.png", title="synthetic PCNA"
+    )
+    print(f"  contact sheet of the PCNA frames (outlines coloured by phase): {sheet}")
+    summary: dict[str, Any] = {"data": rows, "contact_sheet": str(sheet)}
     print(
         "\n[2/4] quick three-stage campaign (Kaggle nuclei → DeepCell nuclei → PCNA phases):\n  python tools/"
         + shlex.join(campaign_args(out, list(opts or [])))
