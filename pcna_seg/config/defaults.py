@@ -46,7 +46,7 @@ _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
 # "TorchvisionAnchorGenerator" (rounded to whole pixels, ratio-major; torchvision weights) or
 # "DefaultAnchorGenerator" (detectron2's: exact, size-major; detectron2 weights)
 _C.MODEL.ANCHOR_GENERATOR.NAME = "TorchvisionAnchorGenerator"
-_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0  # anchor centre offset, fraction of the stride (DefaultAnchorGenerator)
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0  # anchor centre offset, fraction of stride (DefaultAnchorGenerator)
 
 _C.MODEL.RPN = CN()
 _C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
@@ -71,7 +71,7 @@ _C.MODEL.ROI_HEADS.NMS_CLASS_AGNOSTIC = False  # True: one detection per nucleus
 
 _C.MODEL.ROI_BOX_HEAD = CN()
 _C.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"  # two FC layers of FC_DIM (the only box head built)
-_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlign"  # "ROIAlign" (unaligned; torchvision) or "ROIAlignV2" (aligned)
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlign"  # "ROIAlign" (unaligned, torchvision) / "ROIAlignV2" (aligned)
 _C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2  # RoIAlign samples per bin side; 0 = adaptive
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024  # width of the two-layer MLP box head
 _C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
@@ -190,6 +190,7 @@ _C.SOLVER.LOG_PERIOD = 20  # iterations between metrics.json / console / TensorB
 # ---------------------------------------------------------------------------------------------
 _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 0  # 0 = evaluate only at the end
+_C.TEST.EVALUATORS = ["coco"]  # per test dataset (pcna_seg.evaluation.evaluator); "coco": AP, cells, phases
 _C.TEST.DETECTIONS_PER_IMAGE = 100  # dense nuclei need >= 1000
 _C.TEST.MAX_DETS = [1, 10, 100]  # COCOeval maxDets; raise for dense nuclei (e.g. [100, 300, 1000])
 _C.TEST.CONFUSION_IOU = 0.5  # mask IoU for matching predictions to GT in the phase confusion
@@ -197,7 +198,7 @@ _C.TEST.CONFUSION_SCORE_THRESH = 0.5  # detections below this score are left out
 
 _C.OUTPUT_DIR = "./output"
 _C.SEED = -1  # < 0: a seed is drawn and logged
-_C.CUDNN_BENCHMARK = False
+_C.CUDNN_BENCHMARK = False  # torch.backends.cudnn.benchmark for training (both branches)
 
 # ---------------------------------------------------------------------------------------------
 # UNET: semantic segmentation branch (live/dead, small-UNet 3-class, counting)
@@ -299,6 +300,7 @@ _C.CAMPAIGN.PBS_RESOURCES = "select=1:ncpus=8:ngpus=1,walltime=24:00:00"  # #PBS
 # Cross-key rules (SOLVER.STEPS ascending and < MAX_ITER, channel counts) are in validate_config.
 # ---------------------------------------------------------------------------------------------
 VALUE_RANGES: dict[str, str] = {
+    "VERSION": "[2, 2]",  # detectron2 config format 2, the only one whose key names are used
     "MODEL.BACKBONE.FREEZE_AT": "[0, 5]",
     "MODEL.FPN.OUT_CHANNELS": "[1, inf)",
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE": "[1, inf)",
@@ -317,16 +319,16 @@ VALUE_RANGES: dict[str, str] = {
     "MODEL.ROI_HEADS.NMS_THRESH_TEST": "[0, 1]",
     "MODEL.ROI_BOX_HEAD.FC_DIM": "[1, inf)",
     "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": "[1, inf)",
-    "MODEL.ROI_MASK_HEAD.CONV_DIM": "[1, inf)",
-    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": "[1, inf)",
-    "INPUT.SATURATION.LOW": "[0, 100]",
-    "INPUT.SATURATION.HIGH": "[0, 100]",
-    "INPUT.SATURATION.GAMMA": "(0, inf)",
     "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": "[0, inf)",
     "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": "[0, inf)",
     "MODEL.RESNETS.STEM_OUT_CHANNELS": "[0, inf)",
     "MODEL.RESNETS.RES2_OUT_CHANNELS": "[0, inf)",
     "MODEL.ANCHOR_GENERATOR.OFFSET": "[0, 1)",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM": "[1, inf)",
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": "[1, inf)",
+    "INPUT.SATURATION.LOW": "[0, 100]",
+    "INPUT.SATURATION.HIGH": "[0, 100]",
+    "INPUT.SATURATION.GAMMA": "(0, inf)",
     "INPUT.OTSU.SIGMA": "[0, inf)",
     "INPUT.SCALE.FACTOR": "(0, inf)",
     "INPUT.SCALE.DIAMETER": "[0, inf)",

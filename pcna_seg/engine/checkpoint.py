@@ -12,6 +12,10 @@ Files in ``OUTPUT_DIR``:
 - ``last_checkpoint``: text file naming the newest checkpoint, written after it is complete;
 - ``config.yaml``: the merged config.
 
+Both branches (Mask R-CNN and U-Net) use this one layout; the U-Net adds ``epoch`` and keeps
+``model_best.pth`` (same content, not named by ``last_checkpoint``). Hook states (e.g. the
+U-Net's per-epoch history and best value) travel under ``hooks``.
+
 Every file is written to a temporary name and renamed, so a crash never leaves a half file.
 Resuming uses the file ``last_checkpoint`` names; when that one is missing or unreadable the
 newest readable ``model_*.pth`` is used instead (logged), and when checkpoints exist but none
@@ -24,6 +28,7 @@ import logging
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +128,18 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, strict: bool =
     return load_weights(unwrap(model), str(path), strict=strict)
 
 
+def _load_state_strict(model: nn.Module, state: dict[str, Any], where: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) or lines[0]
+        raise WeightsError(
+            f"Model weights in {where} do not fit the model this config builds: {detail}; resume with the "
+            "config that made it, or start again with --overwrite"
+        ) from None
+
+
 class Checkpointer:
     """Save/load the full training state in ``output_dir`` (files only from the main process)."""
 
@@ -131,9 +148,14 @@ class Checkpointer:
         model: nn.Module,
         output_dir: str | os.PathLike,
         cfg: CfgNode | None = None,
+        model_loader: Callable[[nn.Module, dict[str, Any], str], Any] | None = None,
         **checkpointables: Any,
     ) -> None:
+        """``model_loader(model, state, where)`` puts a checkpoint's model state into the model on
+        resume (default: strict ``load_state_dict``, a mismatch is a WeightsError naming the file);
+        ``checkpointables``: optimizer, scheduler, scaler, ... (``state_dict``/``load_state_dict``)."""
         self.model = model
+        self.model_loader = model_loader or _load_state_strict
         self.output_dir = Path(output_dir)
         self.cfg = cfg
         self.checkpointables = {k: v for k, v in checkpointables.items() if v is not None}
@@ -141,8 +163,8 @@ class Checkpointer:
         self.resumed: dict[str, Any] = {}
         self.resumed_rng: dict[str, Any] = {}
 
-    def save(self, name: str, iteration: int, **extra: Any) -> Path | None:
-        """Write ``output_dir/name.pth`` atomically, then point ``last_checkpoint`` at it.
+    def save(self, name: str, iteration: int, mark_last: bool = True, **extra: Any) -> Path | None:
+        """Write ``output_dir/name.pth`` atomically, then (``mark_last``) point ``last_checkpoint`` at it.
 
         Every process must call it: the RNG states of all processes are gathered into the file.
         """
@@ -160,9 +182,22 @@ class Checkpointer:
         path = self.output_dir / f"{name}.pth"
         with atomic_path(path) as tmp:
             torch.save(data, tmp)
-        write_text_atomic(self.output_dir / LAST_CHECKPOINT, path.name)
+        if mark_last:
+            write_text_atomic(self.output_dir / LAST_CHECKPOINT, path.name)
         logger.info("Saved checkpoint %s (iteration %d)", path, iteration)
         return path
+
+    def prune(self, keep: int) -> list[Path]:
+        """Delete all but the ``keep`` newest ``model_{iter}.pth`` (never ``model_final.pth`` nor
+        the file ``last_checkpoint`` names); main process only. Returns the deleted paths."""
+        if not self.save_to_disk or keep < 0:
+            return []
+        named = self.last_checkpoint()
+        periodic = [p for p in checkpoint_files(self.output_dir) if p.name != "model_final.pth"]
+        gone = [p for p in periodic[keep:] if p != named]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
 
     def last_checkpoint(self) -> Path | None:
         """The checkpoint ``last_checkpoint`` names, or None when there is none."""
@@ -224,12 +259,19 @@ class Checkpointer:
         before the first resumed iteration.
         """
         data = dict(read_training_checkpoint(path) if data is None else data)
-        unwrap(self.model).load_state_dict(data.pop("model"))
+        self.model_loader(unwrap(self.model), data.pop("model"), f"{path} (--resume)")
         for key, obj in self.checkpointables.items():
-            if key in data:
-                obj.load_state_dict(data.pop(key))
-            else:
+            if key not in data:
                 logger.warning("Checkpoint %s has no %r state; starting it fresh", path, key)
+                continue
+            try:
+                obj.load_state_dict(data.pop(key))
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise WeightsError(
+                    f"Checkpoint {path}: its {key} state does not match this config ({first}); resume with "
+                    "the config that made it, or start again with --overwrite"
+                ) from None
         per_rank, single = data.pop("rng_per_rank", None), data.pop("rng", {})
         world, rank = get_world_size(), get_rank()
         if per_rank and len(per_rank) == world:
@@ -249,8 +291,11 @@ class Checkpointer:
         logger.info("Resumed from %s (iteration %d)", path, data["iteration"])
         return data
 
-    def resume_or_load(self, weights: str, resume: bool) -> int:
-        """Resume from the newest readable checkpoint when ``resume``, else load ``weights``.
+    def resume_or_load(
+        self, weights: str, resume: bool, load: Callable[[nn.Module, str], Any] | None = None
+    ) -> int:
+        """Resume from the newest readable checkpoint when ``resume``, else load ``weights``
+        (with ``load(model, path)``, default :func:`load_model_weights`).
 
         Returns the iteration to start at (0 for a fresh run).
         """
@@ -263,5 +308,5 @@ class Checkpointer:
             logger.info("No checkpoint in %s to resume from; starting a new run", self.output_dir)
         self.resumed = {}
         if weights:
-            load_model_weights(self.model, weights)
+            (load or load_model_weights)(self.model, weights)
         return 0

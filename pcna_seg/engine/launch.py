@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -68,6 +70,24 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def seed_all(seed: int) -> int:
+    """Seed python, numpy and torch in every process with ``seed + rank``; returns ``seed``.
+
+    A negative ``seed`` (config ``SEED`` < 0) is drawn once on the main process, logged and
+    shared, so every process and every loader of a run agree on it.
+    """
+    if seed < 0:
+        seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        if is_main_process():
+            logger.info("SEED < 0: drew seed %d", seed)
+    seed = int(broadcast_object(seed))
+    mine = seed + get_rank()
+    random.seed(mine)
+    np.random.seed(mine % 2**32)
+    torch.manual_seed(mine)
+    return seed
 
 
 def resolve_device(name: str) -> torch.device:

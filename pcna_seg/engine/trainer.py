@@ -1,35 +1,31 @@
-"""Iteration-based Mask R-CNN trainer: a small loop plus hooks, and the ``train_net`` entry point.
+"""The Mask R-CNN trainer (a client of :mod:`pcna_seg.engine.base`) and the ``train_net`` entry point.
 
 One iteration = one batch of ``SOLVER.IMS_PER_BATCH`` images over all processes → model losses
 (torchvision contract: ``model(images, targets) -> {"loss_*": scalar}``) → backward (AMP on CUDA
 when ``SOLVER.AMP.ENABLED``) → optional gradient clipping → SGD step → hooks (LR schedule,
-checkpoint, evaluation, writers). A non-finite loss stops training before the optimizer step,
-so no checkpoint is ever written from a diverged model.
+evaluation, writers, curves, checkpoint last). A non-finite loss stops training before the
+optimizer step, so no checkpoint is ever written from a diverged model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from yacs.config import CfgNode
 
 from pcna_seg.data.catalog import get_metadata
 from pcna_seg.engine import hooks as H
+from pcna_seg.engine.base import SimpleTrainer
 from pcna_seg.engine.checkpoint import (
     Checkpointer,
     checkpoint_files,
     load_model_weights,
     read_checkpoint,
-    set_rng_state,
     unwrap,
 )
 from pcna_seg.engine.data import (
@@ -40,18 +36,12 @@ from pcna_seg.engine.data import (
     dataset_class_names,
     load_records,
 )
-from pcna_seg.engine.launch import (
-    broadcast_object,
-    get_rank,
-    get_world_size,
-    is_main_process,
-    resolve_device,
-    synchronize,
-)
+from pcna_seg.engine.launch import get_world_size, is_main_process, resolve_device, seed_all
 from pcna_seg.engine.lr_scheduler import build_lr_scheduler, build_optimizer
+from pcna_seg.engine.run import log_to_folder, main_decides, training_folder
 from pcna_seg.engine.writers import ConsoleWriter, EventStorage, JSONWriter, TensorboardWriter
 from pcna_seg.errors import ConfigError, PcnaSegError, WeightsError
-from pcna_seg.utils_io import STAGING, check_output_folder, output_folder, write_text_atomic
+from pcna_seg.utils_io import check_output_folder, output_folder, write_text_atomic
 
 logger = logging.getLogger("pcna_seg.engine")
 
@@ -60,12 +50,6 @@ OOM_HINT = (
     "INPUT.MAX_SIZE_TRAIN with short_edge), MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE or INPUT.CROP.SIZE "
     "(with INPUT.CROP.ENABLED True)"
 )
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def default_mapper(cfg: CfgNode, is_train: bool, train_diameter: float = 0.0) -> Any:
@@ -100,19 +84,26 @@ def _to_target(d: dict[str, Any], device: torch.device) -> dict[str, torch.Tenso
     return {k: inst[k].to(device, non_blocking=True) for k in ("boxes", "labels", "masks") if k in inst}
 
 
-class Trainer:
-    """Builds model, optimizer, schedule, data and hooks from ``cfg``; ``train()`` runs the loop.
+class Trainer(SimpleTrainer):
+    """The Mask R-CNN trainer: builds model, optimizer, schedule, data and hooks from ``cfg``.
 
-    ``model``/``train_mapper``/``test_mapper`` may be given (tests, custom models); by default
-    they come from ``pcna_seg.modeling.build_model`` and ``DatasetMapper.from_config``.
+    Each part comes from an overridable method (``build_model``, ``build_optimizer``,
+    ``build_lr_scheduler``, ``build_train_loader``, ``build_evaluator``, ``build_hooks``), as
+    in detectron2's default trainer; the loop itself is :class:`pcna_seg.engine.base.SimpleTrainer`.
+    ``model``/``train_mapper``/``test_mapper`` may be given (tests, custom models).
     ``output_dir`` is where files go (default ``cfg.OUTPUT_DIR``; ``run_train_net --overwrite``
     passes a staging folder while the config keeps naming the final folder).
 
     A resumed run is bit-identical to an uninterrupted one: the checkpoint holds model,
-    optimizer, schedule, every process's RNG states and the metric windows, the data order
-    depends only on (seed, iteration), and nothing draws from the global RNGs between the
-    restore and the first resumed iteration.
+    optimizer, schedule, every process's RNG states, the metric windows and hook states, the
+    data order depends only on (seed, iteration), and nothing draws from the global RNGs
+    between the restore and the first resumed iteration.
     """
+
+    diverged_hint = (
+        "Lower SOLVER.BASE_LR, raise SOLVER.WARMUP_ITERS or set SOLVER.CLIP_GRADIENTS.ENABLED True"
+    )
+    oom_hint = OOM_HINT
 
     def __init__(
         self,
@@ -126,34 +117,23 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.output_dir = Path(output_dir if output_dir is not None else cfg.OUTPUT_DIR)
-        self.device = resolve_device(cfg.MODEL.DEVICE)
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        seed = cfg.SEED if cfg.SEED >= 0 else int(np.random.SeedSequence().generate_state(1)[0] >> 1)
-        self.seed = int(broadcast_object(seed))
-        seed_all(self.seed + get_rank())
-        self.test_mapper = test_mapper
-        self.amp = bool(cfg.SOLVER.AMP.ENABLED)
-        if self.amp and self.device.type != "cuda":
-            logger.info("SOLVER.AMP.ENABLED is ignored on %s (mixed precision needs CUDA)", self.device)
-            self.amp = False
-
+        device = resolve_device(cfg.MODEL.DEVICE)
+        self.seed = seed_all(int(cfg.SEED))
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
         if is_main_process():
             write_text_atomic(self.output_dir / "config.yaml", cfg.dump())
-        records = load_records(cfg.DATASETS.TRAIN, cfg.DATASETS.ROOT, "DATASETS.TRAIN")
-        check_train_records(cfg, records)
-        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-            records = [r for r in records if r.get("annotations")]
+        records = self.train_records(cfg)
         self.scale = training_scale(cfg, records)  # stored in every checkpoint ("scale")
-        if test_mapper is None:
-            self.test_mapper = default_mapper(cfg, False, self.scale.train_diameter)
-        self.model = (model if model is not None else default_model(cfg)).to(self.device)
-        self.model.train()
+        self.test_mapper = test_mapper or default_mapper(cfg, False, self.scale.train_diameter)
+        model = (model if model is not None else self.build_model(cfg)).to(device)
+        model.train()
         self.class_names = dataset_class_names(cfg)
-        if hasattr(self.model, "class_names") and self.class_names:
-            self.model.class_names = self.class_names
-        self.optimizer = build_optimizer(cfg, self.model)
-        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        if hasattr(model, "class_names") and self.class_names:
+            model.class_names = self.class_names
+        super().__init__(
+            model, self.build_optimizer(cfg, model), device, cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.CLIP_GRADIENTS
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
         self.checkpointer = Checkpointer(
             self.model,
             self.output_dir,
@@ -162,160 +142,109 @@ class Trainer:
             scheduler=self.scheduler,
             scaler=self.scaler,
         )
-        self.start_iter = self.checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume)
-        if "seed" in self.checkpointer.resumed:
-            self.seed = int(self.checkpointer.resumed["seed"])
-        self.iter = self.start_iter
+        self.start_iter = self.iter = self.checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume)
+        self.resumed_rng = self.checkpointer.resumed_rng
+        self.seed = int(self.checkpointer.resumed.get("seed", self.seed))
+        self.max_iter = cfg.SOLVER.MAX_ITER
         if get_world_size() > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        mapper = (
-            train_mapper if train_mapper is not None else default_mapper(cfg, True, self.scale.train_diameter)
-        )
-        self.data_loader = build_train_loader(cfg, mapper, records, self.seed, self.start_iter)
+        mapper = train_mapper or default_mapper(cfg, True, self.scale.train_diameter)
+        self.data_loader = self.build_train_loader(cfg, mapper, records, self.seed, self.start_iter)
         self.storage = EventStorage(self.start_iter)
         self.storage.load_state_dict(self.checkpointer.resumed.get("storage", {}))
-        self.hooks: list[H.HookBase] = []
-        hooks = self.build_hooks() + list(extra_hooks or [])
-        last = [h for h in hooks if isinstance(h, H.PeriodicCheckpointer)]  # after every other hook
-        self.register_hooks([h for h in hooks if not isinstance(h, H.PeriodicCheckpointer)] + last)
+        self.eval_hook: H.EvalHook | None = None
+        # the checkpoint hook runs last, so a checkpoint holds the state at the end of its iteration
+        checkpoint = H.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD)
+        self.register_hooks([*self.build_hooks(), *(extra_hooks or []), checkpoint])
+        self.load_hook_states(self.checkpointer.resumed.get("hooks", {}))
 
-    # ----------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------ overridable builders
+    @classmethod
+    def train_records(cls, cfg: CfgNode) -> list[dict[str, Any]]:
+        """``DATASETS.TRAIN`` records, checked; images without annotations dropped when
+        ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``."""
+        records = load_records(cfg.DATASETS.TRAIN, cfg.DATASETS.ROOT, "DATASETS.TRAIN")
+        check_train_records(cfg, records)
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            records = [r for r in records if r.get("annotations")]
+        return records
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        return default_model(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer) -> Any:
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(
+        cls, cfg: CfgNode, mapper: Any, records: list[dict[str, Any]], seed: int, start_iter: int
+    ) -> Any:
+        return build_train_loader(cfg, mapper, records, seed, start_iter)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset: str, folder: Path | None) -> Any:
+        """``TEST.EVALUATORS`` for ``dataset`` (:func:`pcna_seg.evaluation.evaluator.build_evaluator`)."""
+        from pcna_seg.evaluation.evaluator import build_evaluator
+
+        return build_evaluator(cfg, dataset, folder)
+
     def build_hooks(self) -> list[H.HookBase]:
+        """Timer, LR schedule, evaluation (when ``DATASETS.TEST``), writers and curves; the
+        trainer appends the checkpoint hook after these and any extra hooks."""
         cfg = self.cfg
-        out: list[H.HookBase] = [
-            H.IterationTimer(),
-            H.LRScheduler(self.optimizer, self.scheduler),
-            H.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD),
-        ]
+        out: list[H.HookBase] = [H.IterationTimer(), H.LRScheduler(self.optimizer, self.scheduler)]
         if cfg.DATASETS.TEST:
-            out.append(
-                H.EvalHook(
-                    cfg.TEST.EVAL_PERIOD,
-                    lambda: self.test(cfg, self.model, self.test_mapper, output_dir=self.output_dir),
-                )
+            self.eval_hook = H.EvalHook(
+                cfg.TEST.EVAL_PERIOD,
+                lambda: self.test(cfg, self.model, self.test_mapper, output_dir=self.output_dir),
             )
+            out.append(self.eval_hook)
         if is_main_process():
             writers: list[Any] = [ConsoleWriter(self.max_iter)]
             writers.append(JSONWriter(self.output_dir / "metrics.json", self.start_iter))
             if TensorboardWriter.available():
                 writers.append(TensorboardWriter(self.output_dir, self.start_iter))
             out.append(H.PeriodicWriter(writers, cfg.SOLVER.LOG_PERIOD))
+            out.append(H.TrainingCurves(self.output_dir / "metrics.json"))
         return out
 
-    def register_hooks(self, hooks: list[H.HookBase]) -> None:
-        for h in hooks:
-            h.trainer = self
-        self.hooks.extend(hooks)
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return super().checkpoint_extra() | {
+            "seed": self.seed,
+            "class_names": list(self.class_names),
+            "scale": self.scale.as_dict(),
+        }
+
+    def losses(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        images = [d["image"].to(self.device, non_blocking=True) for d in batch]
+        targets = [_to_target(d, self.device) for d in batch]
+        return self.model(images, targets)
+
+    def data_iterator(self) -> Any:
+        return _clean_errors(iter(self.data_loader))
 
     # ----------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        """Run iterations ``start_iter .. MAX_ITER-1``; returns the last evaluation results."""
+        """Run iterations ``start_iter .. MAX_ITER-1``; returns the last evaluation results
+        (``{dataset: {task: {metric: value}}}``, {} without ``DATASETS.TEST``)."""
         if self.start_iter >= self.max_iter:
             logger.info("Nothing to do: checkpoint is at iteration %d of %d", self.start_iter, self.max_iter)
             return {}
         logger.info("Starting training at iteration %d of %d", self.start_iter, self.max_iter)
-        self._data_iter = iter(self.data_loader)
-        try:
-            for h in self.hooks:
-                h.before_train()
-            if self.checkpointer.resumed_rng:  # exactly the state at the end of the checkpoint's iteration
-                set_rng_state(self.checkpointer.resumed_rng)
-            it = self.start_iter
-            while it < self.max_iter:  # a hook may lower max_iter (e.g. a time budget)
-                self.iter = self.storage.iter = it
-                for h in self.hooks:
-                    h.before_step()
-                self.run_step()
-                for h in self.hooks:
-                    h.after_step()
-                it += 1
-            for h in self.hooks:
-                h.after_train()
-        except FloatingPointError as exc:
-            last = self.checkpointer.last_checkpoint()
-            keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
-            raise PcnaSegError(
-                f"Training diverged at iteration {self.iter}: {exc}; {keep}. Lower SOLVER.BASE_LR, "
-                "raise SOLVER.WARMUP_ITERS or set SOLVER.CLIP_GRADIENTS.ENABLED True"
-            ) from None
-        except torch.cuda.OutOfMemoryError:
-            raise PcnaSegError(OOM_HINT.format(where=f" at training iteration {self.iter}")) from None
-        finally:
-            for h in self.hooks:
-                if isinstance(h, H.PeriodicWriter):
-                    h.close()
-            self._data_iter = None
-        self._plot_curves()
-        for h in self.hooks:
-            if isinstance(h, H.EvalHook):
-                return h.results
-        return {}
-
-    def _plot_curves(self) -> None:
-        """Loss, LR and AP over iterations as OUTPUT_DIR/curves.png (main process)."""
-        metrics = self.output_dir / "metrics.json"
-        if is_main_process() and metrics.is_file():
-            from pcna_seg.evaluation.report import plot_training_curves
-
-            png = plot_training_curves(metrics, metrics.parent / "curves.png")
-            logger.info("Training curves: %s", png)
-
-    def _next_batch(self) -> list[dict[str, Any]]:
-        try:
-            return next(self._data_iter)
-        except PcnaSegError as exc:
-            raise clean_worker_error(exc) from None
-
-    def run_step(self) -> None:
-        t0 = time.perf_counter()
-        batch = self._next_batch()
-        data_time = time.perf_counter() - t0
-        images = [d["image"].to(self.device, non_blocking=True) for d in batch]
-        targets = [_to_target(d, self.device) for d in batch]
-        with torch.autocast(device_type=self.device.type, enabled=self.amp):
-            loss_dict = self.model(images, targets)
-        losses = sum(loss_dict.values())
-        names = sorted(loss_dict)
-        values = torch.stack([loss_dict[n].detach().float() for n in names])
-        if get_world_size() > 1:
-            torch.distributed.all_reduce(values)
-            values /= get_world_size()
-        values = values.cpu().tolist()
-        total = float(sum(values))
-        if not np.isfinite(total):
-            shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values))
-            raise FloatingPointError(f"loss is not finite ({shown})")
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(losses).backward()
-            self.scaler.unscale_(self.optimizer)
-            self._clip()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            losses.backward()
-            self._clip()
-            self.optimizer.step()
-        self.storage.put_scalars(total_loss=total, data_time=data_time, **dict(zip(names, values)))
-
-    def _clip(self) -> None:
-        clip = self.cfg.SOLVER.CLIP_GRADIENTS
-        if not clip.ENABLED:
-            return
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if clip.CLIP_TYPE == "value":
-            nn.utils.clip_grad_value_(params, clip.CLIP_VALUE)
-        elif clip.CLIP_TYPE == "norm":
-            nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE)
-        else:
-            raise ConfigError(
-                f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'value' or 'norm', got {clip.CLIP_TYPE!r}"
-            )
+        super().train()
+        return self.eval_hook.results if self.eval_hook is not None else {}
 
     # ----------------------------------------------------------------------------------------
-    @staticmethod
+    @classmethod
     def test(
+        cls,
         cfg: CfgNode,
         model: nn.Module,
         mapper: Any = None,
@@ -323,16 +252,16 @@ class Trainer:
         overwrite: bool = True,
         write_config: bool = False,
     ) -> dict[str, Any]:
-        """COCO-evaluate ``model`` on every ``DATASETS.TEST`` dataset.
+        """Evaluate ``model`` with ``build_evaluator`` on every ``DATASETS.TEST`` dataset.
 
         Writes ``<output_dir>/eval/<dataset>/`` (main process; ``output_dir`` defaults to
         ``cfg.OUTPUT_DIR``). A non-empty eval folder is replaced as a whole (built aside, swapped
         in when complete) when ``overwrite`` — the trainer's periodic evaluations do that —
         and refused (OutputExistsError) otherwise. ``write_config`` adds the config as
-        ``config.yaml``. Returns the dataset's results (``{"bbox": {...}, "segm": {...}}``)
-        for one dataset, else ``{dataset: results}``.
+        ``config.yaml``. Returns ``{dataset: {task: {metric: value}}}``, whatever the number
+        of datasets.
         """
-        from pcna_seg.evaluation.coco_eval import COCOEvaluator, inference_on_dataset
+        from pcna_seg.evaluation.evaluator import inference_on_dataset
 
         mapper = mapper if mapper is not None else default_mapper(cfg, False)
         bare = unwrap(model)
@@ -348,69 +277,28 @@ class Trainer:
                 else contextlib.nullcontext(target)  # only the main process writes
             )
             with place as folder:
-                evaluator = COCOEvaluator(
-                    name,
-                    folder,
-                    max_dets=cfg.TEST.MAX_DETS,
-                    root=cfg.DATASETS.ROOT,
-                    confusion_iou=cfg.TEST.CONFUSION_IOU,
-                    confusion_score=cfg.TEST.CONFUSION_SCORE_THRESH,
-                )
+                evaluator = cls.build_evaluator(cfg, name, Path(folder))
                 try:
-                    out[name] = inference_on_dataset(
-                        bare,
-                        build_test_loader(cfg, mapper, records),
-                        evaluator,
-                        device,
-                        cfg.SOLVER.AMP.ENABLED,
-                    )
+                    loader = build_test_loader(cfg, mapper, records)
+                    amp = cfg.SOLVER.AMP.ENABLED
+                    out[name] = inference_on_dataset(bare, loader, evaluator, device, amp)
                 except PcnaSegError as exc:
                     raise clean_worker_error(exc) from None
                 if write_config and is_main_process():
                     write_text_atomic(Path(folder) / "config.yaml", cfg.dump())
-        return next(iter(out.values())) if len(out) == 1 else out
+        return out
 
 
-def setup_output(cfg: CfgNode, folder: str | Path | None = None) -> logging.Handler | None:
-    """Create ``folder`` (default OUTPUT_DIR) and log to ``folder/log.txt`` (main process).
-
-    Returns the file handler (the caller removes it when the run ends), or None.
-    """
-    if not is_main_process():
-        logging.getLogger("pcna_seg").setLevel(logging.WARNING)
-        return None
-    out = Path(folder if folder is not None else cfg.OUTPUT_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger("pcna_seg")
-    log_file = str((out / "log.txt").resolve())
-    if any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
-        return None
-    fh = logging.FileHandler(log_file)
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(fh)
-    root.setLevel(logging.INFO)
-    logger.info("Output folder %s; world size %d", cfg.OUTPUT_DIR, get_world_size())
-    return fh
-
-
-def _close_log(handler: logging.Handler | None) -> None:
-    if handler is not None:
-        logging.getLogger("pcna_seg").removeHandler(handler)
-        handler.close()
-
-
-def _main_decides(decide: Callable[[], Any]) -> Any:
-    """Run ``decide`` on the main process only and give every process its result (or its error)."""
-    result, error = None, None
-    if is_main_process():
+def _clean_errors(batches: Any) -> Any:
+    """The loader's batches, with a data error from a worker process shown as its one line."""
+    while True:
         try:
-            result = decide()
+            batch = next(batches)
+        except StopIteration:
+            return
         except PcnaSegError as exc:
-            error = exc
-    result, error = broadcast_object((result, error))
-    if error is not None:
-        raise error
-    return result
+            raise clean_worker_error(exc) from None
+        yield batch
 
 
 def _evaluate(cfg: CfgNode, resume: bool, overwrite: bool) -> dict[str, Any]:
@@ -420,7 +308,7 @@ def _evaluate(cfg: CfgNode, resume: bool, overwrite: bool) -> dict[str, Any]:
         raise ConfigError("--eval-only needs at least one dataset in DATASETS.TEST")
     out = Path(cfg.OUTPUT_DIR)
     for name in cfg.DATASETS.TEST:
-        _main_decides(lambda name=name: check_output_folder(out / "eval" / name, overwrite=overwrite))
+        main_decides(lambda name=name: check_output_folder(out / "eval" / name, overwrite=overwrite))
     model = default_model(cfg).to(resolve_device(cfg.MODEL.DEVICE))
     found = Checkpointer(model, out).find_resumable() if resume else None
     weights = str(found[0]) if found else cfg.MODEL.WEIGHTS
@@ -438,11 +326,8 @@ def _evaluate(cfg: CfgNode, resume: bool, overwrite: bool) -> dict[str, Any]:
     load_model_weights(model, weights, strict=True)
     model.class_names = names
     mapper = default_mapper(cfg, False, float((stored.get("scale") or {}).get("train_diameter", 0.0)))
-    handler = setup_output(cfg, out)
-    try:
+    with log_to_folder(out):
         return Trainer.test(cfg, model, mapper, output_dir=out, overwrite=overwrite, write_config=True)
-    finally:
-        _close_log(handler)
 
 
 def run_train_net(
@@ -473,31 +358,9 @@ def run_train_net(
     try:
         if eval_only:
             return _evaluate(cfg, resume, overwrite)
-        mode = _main_decides(
-            lambda: check_output_folder(out, overwrite=overwrite, resume=resume, can_resume=True)
-        )
-        staging = out.parent / STAGING.format(name=out.name)
-        place = (
-            output_folder(
-                out,
-                overwrite=overwrite,
-                resume=resume,
-                can_resume=True,
-                keep_partial=lambda d: bool(checkpoint_files(d)),  # a failed start leaves nothing
-            )
-            if is_main_process()
-            else contextlib.nullcontext(staging if mode == "replace" else out)
-        )
-        with place as folder:
-            synchronize()  # the folder is ready before any process reads or writes in it
-            if mode == "replace":
-                logger.info(
-                    "--overwrite: building the new run in %s; it replaces %s when training ends", folder, out
-                )
-            handler = setup_output(cfg, folder)
-            try:
+        has_checkpoint = lambda d: bool(checkpoint_files(d))  # noqa: E731 (a failed start leaves nothing)
+        with training_folder(out, resume, overwrite, has_checkpoint) as (folder, _):
+            with log_to_folder(folder, out):
                 return Trainer(cfg, resume=resume, output_dir=folder).train()
-            finally:
-                _close_log(handler)
     except torch.cuda.OutOfMemoryError:
         raise PcnaSegError(OOM_HINT.format(where="")) from None

@@ -42,6 +42,7 @@ from pycocotools.cocoeval import COCOeval
 from pcna_seg.data.catalog import get_metadata
 from pcna_seg.engine.launch import all_gather, is_main_process
 from pcna_seg.errors import DataError
+from pcna_seg.evaluation.evaluator import DatasetEvaluator
 from pcna_seg.utils_io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-class COCOEvaluator:
+class COCOEvaluator(DatasetEvaluator):
     """Collects predictions over a dataset (``process``) and scores them (``evaluate``).
 
     Works across processes: predictions are gathered to the main process, which alone computes
@@ -428,36 +429,3 @@ class COCOEvaluator:
 
             plot_confusion(extra["phase_confusion"], self.output_dir / "phase_confusion.png")
         logger.info("Wrote evaluation results to %s", self.output_dir)
-
-
-@torch.no_grad()
-def inference_on_dataset(
-    model: torch.nn.Module,
-    data_loader: Any,
-    evaluator: COCOEvaluator,
-    device: torch.device | str = "cpu",
-    amp: bool = False,
-) -> dict[str, Any]:
-    """Run ``model`` in eval mode over ``data_loader`` (batches = lists of mapper dicts) and evaluate.
-
-    The model's training mode is restored afterwards. Returns ``evaluator.evaluate()``.
-    """
-    from tqdm import tqdm
-
-    evaluator.reset()
-    if evaluator.model_class_names is None and getattr(model, "class_names", None):
-        evaluator.model_class_names = list(model.class_names)
-    was_training = model.training
-    model.eval()
-    device = torch.device(device)
-    use_amp = amp and device.type == "cuda"
-    try:
-        for batch in tqdm(data_loader, desc=f"eval {evaluator.dataset_name}", disable=not is_main_process()):
-            images = [d["image"].to(device) for d in batch]
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                outputs = model(images)
-            outputs = [{k: v.detach().cpu() for k, v in o.items()} for o in outputs]
-            evaluator.process(batch, outputs)
-    finally:
-        model.train(was_training)
-    return evaluator.evaluate()

@@ -343,6 +343,11 @@ class ChunkShuffleSampler:
     of ``batch_size``, each an :class:`EpochBatch` (index list + epoch). Seeded by (seed, epoch).
     Each ``__iter__`` uses the current epoch and then advances it; :meth:`set_epoch` resumes at
     an epoch (and optionally a batch within it).
+
+    With ``world`` > 1 processes, ``batch_size`` is the batch over all of them: every process
+    draws the same global order, padded at the end by repeating its first tiles so that each
+    global batch is full, and takes its own ``batch_size // world`` slice of each batch (the
+    processes then see disjoint tiles and the same number of batches).
     """
 
     def __init__(
@@ -353,10 +358,19 @@ class ChunkShuffleSampler:
         seed: int = 0,
         mix: int = 4,
         drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if dataset_len < 1 or chunk < 1 or batch_size < 1 or mix < 1:
             raise ValueError("dataset_len, chunk, batch_size and mix must be >= 1")
-        self.n, self.chunk, self.batch_size, self.seed, self.mix = dataset_len, chunk, batch_size, seed, mix
+        if world < 1 or not 0 <= rank < world or batch_size % world:
+            raise ConfigError(
+                f"UNET.DATA.BATCH_SIZE {batch_size} is the batch over all {world} processes and must be "
+                "a multiple of their number"
+            )
+        self.n, self.chunk, self.global_batch, self.seed, self.mix = dataset_len, chunk, batch_size, seed, mix
+        self.rank, self.world = rank, world
+        self.batch_size = batch_size // world  # what this process gets per batch
         self.drop_last = drop_last
         self.epoch, self.start_batch = 0, 0
 
@@ -384,16 +398,20 @@ class ChunkShuffleSampler:
     def __iter__(self) -> Iterator[EpochBatch]:
         epoch, skip = self.epoch, self.start_batch
         self.epoch, self.start_batch = epoch + 1, 0
-        order = self.order(epoch)
-        for bi, s in enumerate(range(0, self.n, self.batch_size)):
-            batch = order[s : s + self.batch_size]
-            if self.drop_last and len(batch) < self.batch_size:
+        order, gb = self.order(epoch), self.global_batch
+        if self.world > 1 and not self.drop_last and len(order) % gb:
+            order = np.resize(order, -(-len(order) // gb) * gb)  # pad by repeating from the start
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        for bi, s in enumerate(range(0, len(order), gb)):
+            batch = order[s : s + gb]
+            if self.drop_last and len(batch) < gb:
                 return
             if bi >= skip:
-                yield EpochBatch(batch.tolist(), epoch)
+                yield EpochBatch((batch[mine] if self.world > 1 else batch).tolist(), epoch)
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        gb = self.global_batch
+        return self.n // gb if self.drop_last else -(-self.n // gb)
 
 
 def class_weights_from_counts(path_or_counts: str | os.PathLike | np.ndarray) -> np.ndarray:
@@ -420,15 +438,9 @@ def class_weights_from_counts(path_or_counts: str | os.PathLike | np.ndarray) ->
     return w.astype(np.float32)
 
 
-def _loader_seed(cfg: Any) -> int:
-    if int(cfg.SEED) >= 0:
-        return int(cfg.SEED)
-    seed = int(np.random.SeedSequence().entropy % (2**31))
-    logger.info("SEED < 0: drew loader seed %d", seed)
-    return seed
-
-
-def build_unet_loaders(cfg: Any) -> tuple[DataLoader, DataLoader | None]:
+def build_unet_loaders(
+    cfg: Any, seed: int | None = None, rank: int = 0, world: int = 1
+) -> tuple[DataLoader, DataLoader | None]:
     """Train and val loaders from UNET.DATA: TRAIN_H5, VAL_H5, BATCH_SIZE, NUM_WORKERS, AUGMENT, MIX_CHUNKS.
 
     Train batches come from a :class:`ChunkShuffleSampler` (``train_loader.batch_sampler``; it
@@ -438,6 +450,8 @@ def build_unet_loaders(cfg: Any) -> tuple[DataLoader, DataLoader | None]:
     UNET.DATA.COMPACT (default) gives float16 / uint8 batches, converted on the device by
     :func:`to_device`. Workers persist across epochs; batches are pinned only when CUDA is
     available. Both files must match the config (:func:`expected_from_cfg`), else ConfigError.
+    ``seed``: the run's seed (default ``SEED``; a new one when it is < 0); ``rank`` / ``world``:
+    this process's share of each training batch (:class:`ChunkShuffleSampler`).
     """
     d = cfg.UNET.DATA
     if not d.TRAIN_H5:
@@ -446,7 +460,8 @@ def build_unet_loaders(cfg: Any) -> tuple[DataLoader, DataLoader | None]:
 
     check_split_files(str(d.TRAIN_H5), str(d.VAL_H5 or ""))
     expected = expected_from_cfg(cfg)
-    seed = _loader_seed(cfg)
+    if seed is None:  # the trainer passes its run seed; alone, SEED < 0 draws one
+        seed = int(cfg.SEED) if int(cfg.SEED) >= 0 else int(np.random.SeedSequence().entropy % (2**31))
     nw = int(d.NUM_WORKERS)
     common: dict[str, Any] = {"num_workers": nw, "pin_memory": torch.cuda.is_available()}
     if nw > 0:
@@ -454,7 +469,7 @@ def build_unet_loaders(cfg: Any) -> tuple[DataLoader, DataLoader | None]:
     kw = {"expected": expected, "compact": bool(d.COMPACT), "seed": seed}
     train_ds = H5TileDataset(d.TRAIN_H5, augment=bool(d.AUGMENT), **kw)
     sampler = ChunkShuffleSampler(
-        len(train_ds), train_ds.chunk, int(d.BATCH_SIZE), seed, mix=int(d.MIX_CHUNKS)
+        len(train_ds), train_ds.chunk, int(d.BATCH_SIZE), seed, mix=int(d.MIX_CHUNKS), rank=rank, world=world
     )
     gen = torch.Generator().manual_seed(seed)
     train = TileLoader(train_ds, batch_sampler=sampler, generator=gen, collate_fn=collate_tiles, **common)

@@ -123,14 +123,17 @@ def seg_score(gt: np.ndarray, pred: np.ndarray) -> float:
 class SegmentationMetrics:
     """Accumulates validation metrics batch by batch; ``compute()`` returns a flat dict.
 
-    ``classes``: class names (K); ``mode``: "livedead" | "contour" | "count".
+    ``classes``: class names (K); ``mode``: "livedead" | "contour" | "count". The values are
+    over the tiles this process saw (no cross-process sync).
     """
 
     def __init__(self, classes: Sequence[str], mode: str, pr_thresholds: int = 101, device: str = "cpu"):
         self.classes = list(classes)
         self.mode = mode
         k = len(self.classes)
-        kw = dict(num_classes=k, validate_args=False)
+        # this process's tiles only: in multi-process training the main process validates alone,
+        # so torchmetrics must not wait for the others at compute()
+        kw = dict(num_classes=k, validate_args=False, sync_on_compute=False)
         self.pr_curve = FastPRCurve(thresholds=pr_thresholds, **kw).to(device)
         self.ap = FastAveragePrecision(thresholds=pr_thresholds, average=None, **kw).to(device)
         self.iou = MulticlassJaccardIndex(average=None, **kw).to(device)

@@ -43,13 +43,13 @@ from yacs.config import CfgNode
 from pcna_seg.data.image_io import check_pixels, read_image, write_image
 from pcna_seg.data.tiles import check_overlap, tile_starts
 from pcna_seg.engine.checkpoint import read_checkpoint
+from pcna_seg.engine.launch import resolve_device
 from pcna_seg.errors import ConfigError, DataError, WeightsError
 from pcna_seg.unet import viz
 from pcna_seg.unet.counting import count_objects
 from pcna_seg.unet.metrics import instances_from_contour, logits_to_probs
 from pcna_seg.unet.models import UNet, build_unet, load_unet_state
 from pcna_seg.unet.tiling import normalize_frame
-from pcna_seg.unet.train import resolve_device
 from pcna_seg.utils_io import atomic_path, check_output_folder, output_folder
 
 logger = logging.getLogger(__name__)

@@ -133,7 +133,9 @@ def test_train_unet_refuses_a_used_folder(capsys, data, tmp_path: Path) -> None:
 def test_train_unet_resume_with_other_weights_is_one_line(capsys, data, tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    shutil.copy(data["root"] / "wide.pth", out / "last_checkpoint.pth")
+    wide = torch.load(data["root"] / "wide.pth", weights_only=True)  # a checkpoint of another config
+    torch.save({"model": wide.get("model", wide), "iteration": 0, "epoch": 1}, out / "model_0000000.pth")
+    (out / "last_checkpoint").write_text("model_0000000.pth")
     _fails(capsys, "train_unet", [*_train_argv(data, out), "--resume"],
            "do not fit the config: down.0.0.weight is (4, 2, 3, 3) in the file but (2, 2, 3, 3) in the model",
            "UNET.BASE_WIDTH", "other tensors differ")  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from pcna_seg.config import load_config
-from pcna_seg.errors import ConfigError
+from pcna_seg.errors import ConfigError, PcnaSegError
 from pcna_seg.unet.train import train_unet
 
 
@@ -59,12 +59,17 @@ def test_train_outputs(tmp_path) -> None:
         assert np.isfinite(recs[-1][key])
     assert recs[-1]["pr_auc/DAPI"] > 0.8 and recs[-1]["pr_auc/Cy5"] > 0.6  # chance: ~0.1 / ~0.05
     for name in ("loss.png", "lr.png", "pr_auc.png", "pr_curves.png", "config.yaml", "summary.json",
-                 "last_checkpoint.pth", "model_best.pth", "model_final.pth"):  # fmt: skip
+                 "last_checkpoint", "model_best.pth", "model_final.pth"):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 0, name
     assert len(list((tmp_path / "overlays").glob("epoch_*.png"))) == 3
     assert summary["video"] and (tmp_path / summary["video"].split("/")[-1]).stat().st_size > 0
     assert summary["epochs"] == 3
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    # periodic checkpoints are pruned: the newest while training, all once model_final.pth exists
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_best.pth", "model_final.pth"]
+    best = torch.load(tmp_path / "model_best.pth", weights_only=True)
+    assert best["epoch"] == 3 and best["hooks"]["EpochHook"]["best"] == pytest.approx(recs[-1]["val_loss"])
 
 
 @pytest.mark.slow
@@ -79,10 +84,12 @@ def test_resume_matches_uninterrupted(tmp_path) -> None:
     assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-6, abs=1e-9)
     assert [r["val_loss"] for r in a] == pytest.approx([r["val_loss"] for r in b], rel=1e-6, abs=1e-9)
     assert resumed["epochs"] == full["epochs"] == 5
-    ck_a = torch.load(tmp_path / "full" / "last_checkpoint.pth", weights_only=True)
-    ck_b = torch.load(tmp_path / "part" / "last_checkpoint.pth", weights_only=True)
+    ck_a = torch.load(tmp_path / "full" / "model_final.pth", weights_only=True)
+    ck_b = torch.load(tmp_path / "part" / "model_final.pth", weights_only=True)
     assert ck_a["scheduler"]["kick_epochs"] == ck_b["scheduler"]["kick_epochs"]
     assert ck_a["epoch"] == ck_b["epoch"] == 5
+    for name, value in ck_a["model"].items():  # bit-exact: the same parameters to the last bit
+        assert torch.equal(value, ck_b["model"][name]), name
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +132,11 @@ def test_nan_loss_is_a_clear_error(tmp_path) -> None:
     ds = _tiles(8)
     ds.tensors[0][0, 0, 0, 0] = float("nan")
     loaders = (DataLoader(ds, batch_size=8), DataLoader(_tiles(4), batch_size=4))
-    with pytest.raises(ConfigError, match="BASE_LR"):
+    with pytest.raises(
+        PcnaSegError, match=r"diverged at iteration 0: loss is not finite.*UNET.SOLVER.BASE_LR"
+    ):
         train_unet(_cfg(tmp_path, 1), loaders=loaders)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing half-written
 
 
 def test_bad_monitor_key(tmp_path) -> None:

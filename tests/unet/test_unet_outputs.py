@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from pcna_seg.config import load_config
 from pcna_seg.data.synthetic.write_livedead import check_args
 from pcna_seg.data.synthetic.write_livedead import write as write_livedead
-from pcna_seg.errors import ConfigError, DataError, OutputExistsError, WeightsError
+from pcna_seg.errors import ConfigError, DataError, OutputExistsError, PcnaSegError, WeightsError
 from pcna_seg.unet import tile_split
 from pcna_seg.unet.models import build_unet, load_unet_state
 from pcna_seg.unet.predict import find_frames, predict_unet, read_frame
@@ -200,7 +200,7 @@ def test_train_output_folder_rule(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     with pytest.raises(OutputExistsError, match="--resume.*--overwrite"):
         train_unet(_train_cfg(out), loaders=_loaders())
     before = (out / "metrics.json").read_text()
-    with pytest.raises(ConfigError, match="BASE_LR"):  # a failing --overwrite run changes nothing
+    with pytest.raises(PcnaSegError, match="BASE_LR"):  # a failing --overwrite run changes nothing
         train_unet(_train_cfg(out), loaders=_loaders(nan=True), overwrite=True)
     assert (out / "metrics.json").read_text() == before and (out / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -209,15 +209,16 @@ def test_train_output_folder_rule(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert len((out / "metrics.json").read_text().splitlines()) == 1
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["epoch_0001.png"]
     assert yaml.safe_load((out / "config.yaml").read_text())["OUTPUT_DIR"] == str(out)
-    ck = torch.load(out / "last_checkpoint.pth", weights_only=True)
+    ck = torch.load(out / "model_final.pth", weights_only=True)
     assert f"OUTPUT_DIR: {out}" in ck["config"] and summary["video"].startswith(str(out))
     # --resume without a checkpoint starts fresh (log line); a killed write's tmp file is removed
-    (out / "last_checkpoint.pth").unlink()
-    (out / ".last_checkpoint.x1y2z3.tmp.pth").write_bytes(b"\0" * 100)
+    for p in (out / "model_final.pth", out / "model_best.pth", out / "last_checkpoint"):
+        p.unlink()
+    (out / ".model_final.x1y2z3.tmp.pth").write_bytes(b"\0" * 100)
     caplog.set_level(logging.INFO)
     assert train_unet(_train_cfg(out), loaders=_loaders(), resume=True)["epochs"] == 1
-    assert "starting from scratch" in caplog.text and "left by an interrupted run" in caplog.text
-    assert not (out / ".last_checkpoint.x1y2z3.tmp.pth").exists()
+    assert "starting a new run" in caplog.text and "left by an interrupted run" in caplog.text
+    assert not (out / ".model_final.x1y2z3.tmp.pth").exists()
 
 
 def test_weight_mismatch_is_one_line_naming_layer_and_shapes() -> None:
@@ -353,9 +354,9 @@ cfg = load_config(opts={["OUTPUT_DIR", str(out), *TRAIN_OPTS, "UNET.SOLVER.EPOCH
 train.train_unet(cfg, loaders=(DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8)))
 """)
     left = sorted(out.glob(".*.tmp.pth"))
-    assert len(left) == 1 and not (out / "last_checkpoint.pth").exists()
+    assert len(left) == 1 and not (out / "last_checkpoint").exists()
     caplog.set_level(logging.INFO)
     summary = train_unet(_train_cfg(out), loaders=_loaders(), resume=True)
     assert summary["epochs"] == 1 and not left[0].exists()
-    assert "left by an interrupted run" in caplog.text and "starting from scratch" in caplog.text
-    assert torch.load(out / "last_checkpoint.pth", weights_only=True)["epoch"] == 1
+    assert "left by an interrupted run" in caplog.text and "starting a new run" in caplog.text
+    assert torch.load(out / "model_final.pth", weights_only=True)["epoch"] == 1
