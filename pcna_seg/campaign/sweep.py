@@ -247,8 +247,9 @@ def load_sweep(path: str | Path, executor: str | None = None, workers: int | Non
     spec_exec = dict(_mapping(data.get("executor"), f"executor in {src}"))
     if executor:
         spec_exec["kind"] = executor
+        if executor == "local" and spec_exec.pop("cluster", None) is not None:
+            spec_exec["workers"] = 1  # workers counted batch jobs there; one trial at a time here
         if executor == "local":
-            spec_exec.pop("cluster", None)
             spec_exec.pop("address", None)
     if workers:
         spec_exec["workers"] = workers
