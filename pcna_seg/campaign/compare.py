@@ -55,7 +55,8 @@ def comparison_table(comp: list[dict[str, Any]], metrics: list[tuple[str, str]] 
         for k, _ in keys:
             vals = c["values"].get(k) or []
             m, s = mean_sd(vals)
-            cells.append(f"{m:.3f} ± {s:.3f} ({', '.join(f'{v:.3f}' for v in vals)})" if vals else "–")
+            few = f"n={len(vals)}: " if len(vals) < len(c["seeds"]) else ""  # a run without the metric
+            cells.append(f"{m:.3f} ± {s:.3f} ({few}{', '.join(f'{v:.3f}' for v in vals)})" if vals else "–")
         seeds = ",".join("–" if s is None else str(s) for s in c["seeds"])
         lines.append(f"| {c['variant']} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
