@@ -95,12 +95,15 @@ def _markdown_table(spec: Any, rows: list[dict[str, Any]]) -> str:
 
 
 def best_config(spec: Any, best: Any) -> str:
-    """The best trial's resolved config as a ready YAML (OUTPUT_DIR: a fresh folder)."""
+    """The best trial as a ready YAML: ``_BASE_`` (the sweep's base config) plus the sweep's
+    fixed overrides and the trial's axis values, ``OUTPUT_DIR`` a fresh folder. A campaign gets
+    its resolved campaign file with absolute stage paths and those overrides on every stage."""
     import yaml
 
     data = yaml.safe_load(best.config_text)
-    data["OUTPUT_DIR"] = f"output/{spec.name}_best"
-    if spec.trainer == "campaign":  # stage files relative to the campaign file; axis values on every stage
+    head = (f"# Best trial {best.id} of sweep {spec.name} ({spec.metric} {spec.mode}): {best.values}\n"
+            f"# (the fully resolved config it ran: {best.dir / 'config.yaml'})\n")  # fmt: skip
+    if spec.trainer == "campaign":
         camp = data["CAMPAIGN"]
         stages = camp["STAGES"]
         camp["STAGES"] = [
@@ -109,8 +112,19 @@ def best_config(spec: Any, best: Any) -> str:
         swept = " ".join(repr(t) if " " in t else t for t in [*spec.opts, *best.opts])
         own = list(camp.get("STAGE_OPTS") or [""] * len(stages))
         camp["STAGE_OPTS"] = [f"{swept} {o}".strip() for o in own]
-    head = f"# Best trial {best.id} of sweep {spec.name} ({spec.metric} {spec.mode}); values: {best.values}\n"
-    return head + yaml.safe_dump(data, sort_keys=False)
+        data["OUTPUT_DIR"] = f"output/{spec.name}_best"
+        return head + yaml.safe_dump(data, sort_keys=False)
+    short: dict[str, Any] = {"_BASE_": str(spec.base.resolve())}
+    for key in [*spec.opts[0::2], *best.values]:  # the resolved value, as the config holds it
+        node, parts = data, key.split(".")
+        for part in parts:
+            node = node[part]
+        at = short
+        for part in parts[:-1]:
+            at = at.setdefault(part, {})
+        at[parts[-1]] = node
+    short["OUTPUT_DIR"] = f"output/{spec.name}_best"
+    return head + yaml.safe_dump(short, sort_keys=False)
 
 
 def _numeric(values: list[Any]) -> bool:

@@ -18,6 +18,7 @@ from _cli import load_tool
 
 from pcna_seg.campaign import sweep
 from pcna_seg.config import load_config
+from pcna_seg.config.config import config_to_dict
 from pcna_seg.data.synthetic.write_livedead import write as write_livedead
 from pcna_seg.unet.tiling import run_tiling
 
@@ -80,8 +81,9 @@ def test_grid_through_dask_local_cluster_then_rerun_runs_nothing(tmp_path, tiles
         hosts.add(json.loads((tdir / "trial.json").read_text())["host"])
     report = (out / "sweep_report.md").read_text()
     assert "| 1 | `" + rows[0]["trial"] + "` | done |" in report
-    best = load_config(out / "best_config.yaml")  # a ready config
-    assert best.UNET.SOLVER.OPTIMIZER == rows[0]["UNET.SOLVER.OPTIMIZER"]
+    best = config_to_dict(load_config(out / "best_config.yaml"))  # a ready config: the best trial's
+    ran = config_to_dict(load_config(out / "trials" / rows[0]["trial"] / "config.yaml"))
+    assert best.pop("OUTPUT_DIR") != ran.pop("OUTPUT_DIR") and best == ran
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["sweep_UNET_SOLVER_BASE_LR.png", "sweep_UNET_SOLVER_OPTIMIZER.png",
                     "sweep_heatmap_UNET_SOLVER_OPTIMIZER__UNET_SOLVER_BASE_LR.png"]  # fmt: skip
