@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
 from collections.abc import Callable
@@ -94,15 +95,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint/state-dict file on CPU; WeightsError names the file if missing or corrupt."""
+def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, Any]:
+    """Load a checkpoint / state-dict file on CPU: the one reader of weights files.
+
+    A project checkpoint or torch state dict is read with ``weights_only`` (unless
+    ``allow_pickle``: trusted files holding other Python objects); a detectron2 model-zoo
+    ``.pkl`` becomes ``{"model": state}`` (numpy arrays only, no code is run). WeightsError
+    names the file when it is missing, corrupt, or holds no dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"Weights file not found: {path}")
+    if path.suffix.lower() == ".pkl":
+        from pcna_seg.modeling.d2_weights import read_d2_pickle
+
+        return {"model": read_d2_pickle(path)}
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+            raise WeightsError(
+                f"Weights file {path} holds Python objects besides tensors and was not unpickled for "
+                "safety; re-save it as a plain state dict (or load it with allow_pickle=True if trusted)"
+            ) from None
+        raise WeightsError(f"Cannot read weights file {path}: it is corrupt or not a torch file") from None
     except Exception as exc:  # torch raises many types for truncated/corrupt files
         raise WeightsError(f"Cannot read weights file {path}: corrupt or not a torch file ({exc})") from None
+    if isinstance(obj, nn.Module):
+        obj = {"model": obj.state_dict()}
     if not isinstance(obj, dict):
         raise WeightsError(f"Weights file {path} does not hold a state dict (got {type(obj).__name__})")
     return obj

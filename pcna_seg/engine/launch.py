@@ -92,14 +92,21 @@ def seed_all(seed: int) -> int:
 
 def resolve_device(name: str) -> torch.device:
     """``MODEL.DEVICE`` → torch.device; "auto" picks cuda when available; the local rank picks the GPU."""
+    name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"MODEL.DEVICE {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise PcnaSegError(f"MODEL.DEVICE is {name!r} but CUDA is not available; use MODEL.DEVICE cpu")
-        if name == "cuda":
+            raise ConfigError(
+                f"MODEL.DEVICE is {name!r} but CUDA is not available; use MODEL.DEVICE cpu or auto"
+            )
+        if dev.index is None:
             return torch.device("cuda", _LOCAL_RANK % max(torch.cuda.device_count(), 1))
-    return torch.device(name)
+    return dev
 
 
 def _find_free_port() -> int:

@@ -90,17 +90,10 @@ def check_names(cfg: Any) -> None:
 
 
 def resolve_device(cfg: Any) -> torch.device:
-    """``MODEL.DEVICE`` → torch.device; ``"auto"`` = CUDA when available, else CPU."""
-    name = str(cfg.MODEL.DEVICE)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"MODEL.DEVICE {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"MODEL.DEVICE is {name!r} but CUDA is not available; use MODEL.DEVICE cpu or auto")
-    return dev
+    """``MODEL.DEVICE`` → torch.device (:func:`pcna_seg.engine.launch.resolve_device`)."""
+    from pcna_seg.engine.launch import resolve_device as device_of
+
+    return device_of(cfg.MODEL.DEVICE)
 
 
 class NoResizeTransform(GeneralizedRCNNTransform):

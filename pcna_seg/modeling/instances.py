@@ -13,17 +13,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from pcna_seg.data.boxes import mask_crop
 from pcna_seg.errors import DataError
-
-
-def _crop(mask: np.ndarray) -> tuple[np.ndarray, int, int] | None:
-    """(H, W) mask → (bool crop of its bounding box, y0, x0), or None when empty."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    if ys.size == 0:
-        return None
-    xs = np.flatnonzero(mask[ys[0] : ys[-1] + 1].any(axis=0))
-    crop = np.asarray(mask[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1], dtype=bool)
-    return crop.copy(), int(ys[0]), int(xs[0])
 
 
 @dataclass
@@ -77,7 +68,7 @@ class Prediction:
     ) -> Prediction:
         """From dense (N, H, W) bool masks; drops empty masks and sorts by decreasing score."""
         masks = np.asarray(masks, dtype=bool)
-        crops = [_crop(m) for m in masks]
+        crops = [mask_crop(m) for m in masks]
         return cls.from_crops(masks.shape[1:], class_names, boxes, scores, labels, probs_with_bg, crops)
 
     @classmethod
@@ -241,7 +232,7 @@ class Prediction:
                 xa, xb = int(np.floor(x * sx)), min(W, int(np.ceil((x + c.shape[1]) * sx)))
                 size = (max(xb - xa, 1), max(yb - ya, 1))
                 big = cv2.resize(c.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-                found = _crop(big > 0.5)
+                found = mask_crop(big > 0.5)
                 crops.append(None if found is None else (found[0], found[1] + ya, found[2] + xa))
         return Prediction.from_crops(
             (H, W),

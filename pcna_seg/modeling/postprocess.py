@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pcna_seg.data.boxes import mask_crop
 from pcna_seg.errors import ConfigError
-from pcna_seg.modeling.instances import Prediction, _crop
+from pcna_seg.modeling.instances import Prediction
 
 
 def paste_crops(
@@ -54,7 +55,7 @@ def paste_crops(
             continue
         big = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         window = big[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
-        found = _crop(window.numpy())
+        found = mask_crop(window.numpy())
         out.append(None if found is None else (found[0], found[1] + ya, found[2] + xa))
     return out
 
@@ -75,7 +76,7 @@ def to_prediction(
     if "image_masks" in output:  # already pasted in the input frame: crop, then rescale
         masks = output["image_masks"].detach().float().cpu()
         masks = masks[:, 0] if masks.dim() == 4 else masks
-        crops = [_crop(m.numpy() > 0.5) for m in masks]
+        crops = [mask_crop(m.numpy() > 0.5) for m in masks]
         pred = Prediction.from_crops((h, w), class_names, boxes.numpy(), scores, labels, probs, crops)
         return pred.rescaled((H, W))
     if "masks" not in output:

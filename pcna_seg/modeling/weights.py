@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import torch
 from torch import nn
 
 from pcna_seg.errors import WeightsError
-from pcna_seg.modeling.d2_weights import convert_d2_state, d2_names, is_d2_state, read_d2_pickle
+from pcna_seg.modeling.d2_weights import convert_d2_state, d2_names, is_d2_state
 from pcna_seg.modeling.heads import CLASS_SPECIFIC_PREFIXES
 
 logger = logging.getLogger(__name__)
@@ -101,19 +100,9 @@ def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
             f"Weights file not found: {path} (set MODEL.WEIGHTS to a checkpoint, a downloaded "
             f"torchvision .pth or detectron2 .pkl file, or to '' for random initialisation)"
         )
-    if path.suffix.lower() == ".pkl":
-        return read_d2_pickle(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc).lower() or "unsupported global" in str(exc).lower():
-            raise WeightsError(
-                f"Weights file {path} holds Python objects besides tensors and was not unpickled for "
-                f"safety; re-save it as a plain state dict (or load it with allow_pickle=True if trusted)"
-            ) from None
-        raise WeightsError(f"cannot read weights file {path}: it is corrupt or not a torch file") from None
-    except Exception as exc:  # torch raises RuntimeError/EOFError/... for damaged files
-        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from None
+    from pcna_seg.engine.checkpoint import read_checkpoint
+
+    obj = read_checkpoint(path, allow_pickle=allow_pickle)
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if isinstance(state, nn.Module):
         state = state.state_dict()

@@ -141,3 +141,15 @@ def test_unknown_or_empty_evaluator_names_are_config_errors() -> None:
 def test_config_version_other_than_2_is_refused() -> None:
     with pytest.raises(ConfigError, match="VERSION"):
         load_config(opts=["VERSION", "1"])
+
+
+def test_one_reader_for_every_weights_file(tmp_path: Path) -> None:
+    from pcna_seg.engine.checkpoint import read_checkpoint
+
+    pkl = next((Path(__file__).resolve().parents[1] / "fixtures" / "d2").glob("*.pkl"))
+    state = read_checkpoint(pkl)["model"]  # detectron2 model zoo format, without detectron2
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pth")
+    with pytest.raises(WeightsError, match="holds Python objects besides tensors"):
+        read_checkpoint(tmp_path / "module.pth")
+    assert set(read_checkpoint(tmp_path / "module.pth", allow_pickle=True)["model"]) == {"weight", "bias"}
