@@ -296,6 +296,12 @@ def validate_config(cfg: CN) -> None:
                 f"MODEL.{key} has {len(cfg.MODEL[key])} values but INPUT.CHANNELS has {n_ch} channels"
             )
     check_scale_keys(cfg)
+    if cfg.INPUT.FORMAT != "CHW":
+        raise ConfigError(
+            f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported: inputs are (C, H, W) in the order of "
+            "INPUT.CHANNELS (channel roles, not RGB/BGR); set INPUT.FORMAT CHW and order INPUT.CHANNELS, "
+            "MODEL.PIXEL_MEAN and MODEL.PIXEL_STD as the weights expect"
+        )
     if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING not in ("choice", "range"):
         raise ConfigError("INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range'")
     if cfg.INPUT.CROP.TYPE not in ("relative", "relative_range", "absolute"):

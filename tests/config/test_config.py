@@ -126,7 +126,7 @@ def test_steps_ascending_and_below_max_iter(steps):
 
 
 def test_every_shipped_config_loads():
-    """Every YAML under configs/ (stage, quick, U-Net and campaign files) passes the value checks."""
+    """Every YAML under configs/ (stage, quick, U-Net, campaign and sweep files) passes the checks."""
     from pcna_seg.campaign.staged import plan_campaign
     from pcna_seg.config.defaults import VALUE_RANGES
 
@@ -134,6 +134,11 @@ def test_every_shipped_config_loads():
     files = sorted(root.rglob("*.yaml"))
     assert len(files) >= 15
     for f in files:
+        if f.parent.name == "sweeps":  # sweep specs, not configs: they load as sweeps
+            from pcna_seg.campaign.sweep import expand_trials, load_sweep
+
+            assert expand_trials(load_sweep(f))
+            continue
         cfg = load_config(f)
         if f.parent.name == "campaigns":
             assert len(plan_campaign(f)[1]) >= 1  # each stage with its STAGE_OPTS loads too

@@ -153,3 +153,8 @@ def test_one_reader_for_every_weights_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="holds Python objects besides tensors"):
         read_checkpoint(tmp_path / "module.pth")
     assert set(read_checkpoint(tmp_path / "module.pth", allow_pickle=True)["model"]) == {"weight", "bias"}
+
+
+def test_input_format_other_than_chw_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"INPUT.FORMAT 'BGR' is not supported.*INPUT.CHANNELS"):
+        load_config(opts=["INPUT.FORMAT", "BGR"])
