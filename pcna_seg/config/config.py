@@ -302,6 +302,11 @@ def validate_config(cfg: CN) -> None:
             "INPUT.CHANNELS (channel roles, not RGB/BGR); set INPUT.FORMAT CHW and order INPUT.CHANNELS, "
             "MODEL.PIXEL_MEAN and MODEL.PIXEL_STD as the weights expect"
         )
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        raise ConfigError(
+            f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported; the training "
+            "loader is TrainingSampler (an endless, seeded shuffle of DATASETS.TRAIN)"
+        )
     if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING not in ("choice", "range"):
         raise ConfigError("INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range'")
     if cfg.INPUT.CROP.TYPE not in ("relative", "relative_range", "absolute"):

@@ -155,7 +155,7 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = False  # blank images are allowed in training
-_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"  # the only one: an endless seeded shuffle (others are errors)
 
 # ---------------------------------------------------------------------------------------------
 # SOLVER (Mask R-CNN)

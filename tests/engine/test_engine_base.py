@@ -158,3 +158,10 @@ def test_one_reader_for_every_weights_file(tmp_path: Path) -> None:
 def test_input_format_other_than_chw_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"INPUT.FORMAT 'BGR' is not supported.*INPUT.CHANNELS"):
         load_config(opts=["INPUT.FORMAT", "BGR"])
+
+
+def test_unsupported_train_sampler_is_refused() -> None:
+    with pytest.raises(
+        ConfigError, match="DATALOADER.SAMPLER_TRAIN 'RepeatFactorTrainingSampler' is not supported"
+    ):
+        load_config(opts=["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler"])
