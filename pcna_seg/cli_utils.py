@@ -103,3 +103,27 @@ def user_errors_exit(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"{exc} (set PCNA_SEG_DEBUG=1 for the traceback)")
 
     return wrapper
+
+
+def add_launch_args(p: argparse.ArgumentParser) -> None:
+    """The multi-process flags every training tool takes (as in detectron2)."""
+    p.add_argument(
+        "--num-gpus", type=int, default=1, help="processes per machine (GPUs; CPU processes w/o CUDA)"
+    )
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0 .. num-machines-1)")
+    p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
+
+
+def launch_from_args(main_func: Any, args: argparse.Namespace, main_args: tuple) -> Any:
+    """``main_func(*main_args)`` in the processes :func:`add_launch_args`'s flags ask for."""
+    from pcna_seg.engine.launch import launch
+
+    return launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=main_args,
+    )

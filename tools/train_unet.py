@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcna_seg.cli_utils import ToolParser, setup_logging, user_errors_exit  # noqa: E402
+from pcna_seg.cli_utils import ToolParser, add_launch_args, launch_from_args, setup_logging, user_errors_exit  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,12 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR (swapped in when finished)"
     )
-    p.add_argument(
-        "--num-gpus", type=int, default=1, help="processes per machine (GPUs; CPU processes w/o CUDA)"
-    )
-    p.add_argument("--num-machines", type=int, default=1)
-    p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0 .. num-machines-1)")
-    p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
+    add_launch_args(p)
     p.add_argument("opts", nargs="*", help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
 
@@ -61,16 +56,7 @@ def _main(config_file: str, opts: list[str], resume: bool, overwrite: bool) -> N
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
-    from pcna_seg.engine.launch import launch
-
-    launch(
-        _main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args.config_file, list(args.opts), args.resume, args.overwrite),
-    )
+    launch_from_args(_main, args, (args.config_file, list(args.opts), args.resume, args.overwrite))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,15 @@ from pcna_seg.config import load_config
 from pcna_seg.errors import ConfigError, PcnaSegError
 from pcna_seg.unet.train import train_unet
 
+TILING = [
+    "UNET.TILING.TILE",
+    "32",
+    "UNET.TILING.STRIDE",
+    "16",
+    "UNET.TILING.WORKERS",
+    "0",
+]  # as the h5_tiles fixture
+
 
 def _tiles(n: int, size: int = 32, seed: int = 0) -> TensorDataset:
     """Live/dead-like tiles: channel 0 shows every blob, channel 1 only dead (class 2) blobs."""
@@ -90,21 +99,6 @@ def test_resume_matches_uninterrupted(tmp_path) -> None:
     assert ck_a["epoch"] == ck_b["epoch"] == 5
     for name, value in ck_a["model"].items():  # bit-exact: the same parameters to the last bit
         assert torch.equal(value, ck_b["model"][name]), name
-
-
-@pytest.fixture(scope="module")
-def h5_tiles(tmp_path_factory):
-    """Train/val tile files (32 px tiles, stride 16) of small synthetic live/dead frames."""
-    from pcna_seg.data.synthetic.write_livedead import write as write_livedead
-    from pcna_seg.unet.tiling import run_tiling
-
-    root = tmp_path_factory.mktemp("h5")
-    write_livedead(root / "frames", wells=("A1", "A2", "B1"), timepoints=1, height=96, width=96, seed=0)
-    cfg = load_config(opts=[*TILING, "UNET.TILING.VAL_FRACTION", "0.34"])
-    return run_tiling(cfg, root / "frames", root / "t.h5", progress=False)
-
-
-TILING = ["UNET.TILING.TILE", "32", "UNET.TILING.STRIDE", "16", "UNET.TILING.WORKERS", "0"]
 
 
 @pytest.mark.slow

@@ -13,18 +13,14 @@ from pcna_seg.config import load_config
 from pcna_seg.engine.launch import launch
 from pcna_seg.unet.train import train_unet
 
-TILING = ["UNET.TILING.TILE", "32", "UNET.TILING.STRIDE", "16", "UNET.TILING.WORKERS", "0"]
-
-
-@pytest.fixture(scope="module")
-def h5_tiles(tmp_path_factory):
-    from pcna_seg.data.synthetic.write_livedead import write as write_livedead
-    from pcna_seg.unet.tiling import run_tiling
-
-    root = tmp_path_factory.mktemp("h5")
-    write_livedead(root / "frames", wells=("A1", "A2", "B1"), timepoints=1, height=96, width=96, seed=0)
-    cfg = load_config(opts=[*TILING, "UNET.TILING.VAL_FRACTION", "0.34"])
-    return run_tiling(cfg, root / "frames", root / "t.h5", progress=False)
+TILING = [
+    "UNET.TILING.TILE",
+    "32",
+    "UNET.TILING.STRIDE",
+    "16",
+    "UNET.TILING.WORKERS",
+    "0",
+]  # as the h5_tiles fixture
 
 
 def _cfg(out: Path, epochs: int, tiles: dict):
