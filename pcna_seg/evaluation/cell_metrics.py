@@ -193,6 +193,20 @@ def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1e-12), 0.0)
 
 
+def count_errors(pred: Sequence[float], truth: Sequence[float]) -> dict[str, float]:
+    """Per-image object counts → ``count_mae`` (mean |pred − true|; NaN for no images) and
+    ``count_rel_error`` (mean |pred − true| / true over images with objects; 0 when none has)."""
+    p, t = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"{p.size} predicted counts vs {t.size} true counts")
+    err = np.abs(p - t)
+    has = t > 0
+    return {
+        "count_mae": float(err.mean()) if err.size else float("nan"),
+        "count_rel_error": float((err[has] / t[has]).mean()) if has.any() else 0.0,
+    }
+
+
 def summarize_frames(frames: Sequence[FrameResult]) -> dict[str, Any]:
     """Dataset metrics: TP/FP/FN summed over frames (micro), DSB score averaged per frame.
 
@@ -211,8 +225,6 @@ def summarize_frames(frames: Sequence[FrameResult]) -> dict[str, Any]:
     n_gt = sum(f.n_gt for f in frames)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     pq = _ratio(sum_iou, tp + 0.5 * fp + 0.5 * fn)
-    err = np.array([f.n_pred - f.n_gt for f in frames], dtype=float)
-    rel = [abs(f.n_pred - f.n_gt) / f.n_gt for f in frames if f.n_gt > 0]
     i05 = thr.index(0.5) if 0.5 in thr else 0
     per_frame = []
     for f in frames:
@@ -240,8 +252,7 @@ def summarize_frames(frames: Sequence[FrameResult]) -> dict[str, Any]:
         "pq@0.5": float(pq[i05]),
         "dsb_score": float(np.mean([f.dsb_score for f in frames])),
         "seg": float(sum(f.seg_sum for f in frames) / n_gt) if n_gt else 0.0,
-        "count_mae": float(np.mean(np.abs(err))),
-        "count_rel_error": float(np.mean(rel)) if rel else 0.0,
+        **count_errors([f.n_pred for f in frames], [f.n_gt for f in frames]),
         "n_frames": len(frames),
         "n_gt": int(n_gt),
         "n_pred": int(sum(f.n_pred for f in frames)),

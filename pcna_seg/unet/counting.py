@@ -50,15 +50,6 @@ def counts_from_masks(masks: np.ndarray, threshold: float = 0.5, min_size: int =
     return [count_objects(np.asarray(m) >= threshold, min_size) for m in masks]
 
 
-def mean_absolute_error(pred: Sequence[float], truth: Sequence[float]) -> float:
-    """MAE between predicted and true counts (equal lengths)."""
-    p = np.asarray(pred, dtype=np.float64)
-    t = np.asarray(truth, dtype=np.float64)
-    if p.shape != t.shape:
-        raise ValueError(f"{p.size} predicted counts vs {t.size} true counts")
-    return float(np.abs(p - t).mean()) if p.size else float("nan")
-
-
 def write_counts_csv(path: str | os.PathLike, names: Sequence[str], counts: Sequence[int]) -> Path:
     """Write ``index,name,count`` rows atomically (the counting report's submission layout + name)."""
     with atomic_path(path) as tmp:

@@ -30,6 +30,7 @@ from torchmetrics.classification import (
     MulticlassPrecisionRecallCurve,
 )
 
+from pcna_seg.evaluation.cell_metrics import count_errors
 from pcna_seg.unet.counting import count_objects
 
 
@@ -140,7 +141,7 @@ class SegmentationMetrics:
         self.dice = MulticlassF1Score(average=None, **kw).to(device)
         self.confmat = MulticlassConfusionMatrix(**kw).to(device)
         self.seg_scores: list[np.ndarray] = []
-        self.count_errors: list[float] = []
+        self.counts: list[tuple[int, int]] = []  # (predicted, true) objects per tile
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -160,7 +161,7 @@ class SegmentationMetrics:
                 self.seg_scores.append(seg_matches(instances_from_contour(t), instances_from_contour(p)))
         elif self.mode == "count":
             for p, t in zip(pred.cpu().numpy(), target.cpu().numpy()):
-                self.count_errors.append(abs(count_objects(p > 0) - count_objects(t > 0)))
+                self.counts.append((count_objects(p > 0), count_objects(t > 0)))
 
     def compute(self) -> dict[str, float]:
         """Flat dict: ``pr_auc/<class>``, ``pr_auc_mean`` (foreground classes), ``iou/…``, ``dice/…``,
@@ -179,7 +180,8 @@ class SegmentationMetrics:
             allm = np.concatenate(self.seg_scores) if self.seg_scores else np.zeros(0)
             out["seg"] = float(allm.mean()) if allm.size else float("nan")
         if self.mode == "count":
-            out["count_mae"] = float(np.mean(self.count_errors)) if self.count_errors else float("nan")
+            pred, true = zip(*self.counts) if self.counts else ((), ())
+            out["count_mae"] = count_errors(pred, true)["count_mae"]  # the cell metrics' definition
         return out
 
     def pr_curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from pcna_seg.evaluation.cell_metrics import count_errors
 from pcna_seg.unet.counting import (
     count_objects,
     counts_from_logits,
     counts_from_masks,
-    mean_absolute_error,
     write_counts_csv,
 )
 
@@ -47,7 +47,15 @@ def test_counts_from_logits_and_mae(tmp_path) -> None:
     assert pred == [0, 2, 5]
     soft = masks.astype(np.float32) * 0.9
     assert counts_from_masks(soft) == [0, 2, 5]
-    assert mean_absolute_error(pred, [1, 2, 3]) == pytest.approx(1.0)
+    assert count_errors(pred, [1, 2, 3])["count_mae"] == pytest.approx(1.0)
     out = write_counts_csv(tmp_path / "c.csv", ["a", "b", "c"], pred)
     rows = list(csv.DictReader(open(out)))
     assert [int(r["count"]) for r in rows] == [0, 2, 5]
+
+
+def test_count_errors_are_one_definition_for_both_branches() -> None:
+    out = count_errors([2, 0, 5], [1, 0, 4])  # |1|, |0|, |1|; relative over images with objects
+    assert out == {"count_mae": pytest.approx(2 / 3), "count_rel_error": pytest.approx((1 / 1 + 1 / 4) / 2)}
+    assert count_errors([3], [0])["count_rel_error"] == 0.0  # no image with objects
+    with pytest.raises(ValueError, match="2 predicted counts vs 1 true"):
+        count_errors([1, 2], [1])
