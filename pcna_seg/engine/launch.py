@@ -7,6 +7,7 @@ process (global rank 0) writes files.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -141,6 +142,7 @@ def _worker(
     try:
         synchronize()
         main_func(*args)
+        gc.collect()  # DDP reducers and their pending gloo work go while the group still exists
         synchronize()  # every rank is done before any tears the group down (gloo aborts otherwise)
     except PcnaSegError as exc:  # pass the one-line message to the parent
         errors.put(str(exc))
