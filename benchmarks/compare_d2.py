@@ -259,6 +259,8 @@ def run_pcna(cfg, pkl: Path, image01: torch.Tensor) -> dict:
 
 def run_pcna_model(model, image01: torch.Tensor) -> dict:
     """Proposals and detections of a loaded pcna_seg model (masks pasted by the one postprocess)."""
+    from pcna_seg.modeling.postprocess import mask_paste_of
+
     with torch.no_grad():
         images, _ = model.transform([image01])
         feats = model.backbone(images.tensors)
@@ -270,17 +272,18 @@ def run_pcna_model(model, image01: torch.Tensor) -> dict:
         "scores": out["scores"].numpy(),
         "classes": out["labels"].numpy() - 1,
         "mask_probs": out["masks"].numpy(),
-        "masks": paste(out["masks"], out["boxes"], tuple(image01.shape[1:])),
+        "masks": paste(out["masks"], out["boxes"], tuple(image01.shape[1:]), mask_paste_of(model)),
     }
 
 
-def paste(mask_probs, boxes, hw: tuple[int, int]) -> np.ndarray:
-    """pcna_seg's box-crop paste of (N, 1, M, M) probabilities → (N, H, W) bool."""
+def paste(mask_probs, boxes, hw: tuple[int, int], mode: str = "torchvision") -> np.ndarray:
+    """pcna_seg's box-crop paste of (N, 1, M, M) probabilities → (N, H, W) bool (``mode``: the
+    torchvision rule, or "aligned", the one models with ROIAlignV2 mask pooling use)."""
     from pcna_seg.modeling.postprocess import paste_crops
 
     mask_probs, boxes = torch.as_tensor(mask_probs), torch.as_tensor(boxes)
     dense = np.zeros((len(boxes), *hw), bool)
-    for i, crop in enumerate(paste_crops(mask_probs, boxes, hw)):
+    for i, crop in enumerate(paste_crops(mask_probs, boxes, hw, mode=mode)):
         if crop is not None:
             m, y0, x0 = crop
             dense[i, y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] = m
@@ -325,7 +328,8 @@ def compare(ref: dict, got: dict) -> dict:
         float(np.abs(ref["mask_probs"][ri] - got["mask_probs"][gj]).max()) if pairs else float("nan")
     )
     hw = ref["masks"].shape[1:]
-    ref_same = paste(ref["mask_probs"], ref["boxes"], hw)  # detectron2's probabilities, pcna_seg's paste
+    # detectron2's probabilities, pcna_seg's paste (the rule the converted model uses)
+    ref_same = paste(ref["mask_probs"], ref["boxes"], hw, got.get("mask_paste", "aligned"))
     for tag, ref_masks in (("same", ref_same), ("d2", ref["masks"])):
         ious = [_mask_iou(ref_masks[i], got["masks"][j]) for i, j in pairs]
         row[f"iou_{tag}_min"] = float(min(ious)) if ious else float("nan")
@@ -368,8 +372,11 @@ def paste_disc_ious() -> list[float]:
     probs = torch.sigmoid((disc - 0.5) * 8)[None, None].repeat(3, 1, 1, 1)
     boxes = torch.tensor([[5.5, 5.5, 14.2, 16.8], [10.3, 20.7, 40.2, 52.9], [100.0, 50.0, 180.0, 170.0]])
     ref = paste_masks_in_image(probs[:, 0], boxes, IMAGE_HW).numpy()
-    got = paste(probs, boxes, IMAGE_HW)
-    return [_mask_iou(a, b) for a, b in zip(ref, got)]
+    return [
+        _mask_iou(a, b)
+        for mode in ("torchvision", "aligned")
+        for a, b in zip(ref, paste(probs, boxes, IMAGE_HW, mode))
+    ]
 
 
 def write_fixture(name: str, pkl: Path, image01: np.ndarray, ref: dict) -> None:
@@ -382,6 +389,11 @@ def write_fixture(name: str, pkl: Path, image01: np.ndarray, ref: dict) -> None:
         FIXTURE / f"{name}_expected.npz",
         image_u8=np.round(image01 * 255).astype(np.uint8),
         **{k: v for k, v in ref.items() if k != "masks"},
+    )
+    np.savez_compressed(  # detectron2's own pasted masks, bit-packed along x
+        FIXTURE / f"{name}_pasted.npz",
+        packed=np.packbits(ref["masks"], axis=-1),
+        shape=np.array(ref["masks"].shape),
     )
     depth, width, fpn, fc, conv, s1x1 = MODELS[name]
     meta = {
@@ -431,8 +443,11 @@ def main() -> None:
     print(f"detectron2 {detectron2.__version__}, torch {torch.__version__}, image {IMAGE_HW}, "
           f"{NUM_CLASSES} classes, CPU, 1 thread")  # fmt: skip
     print(table(rows))
-    ious = ", ".join(f"{v:.3f}" for v in paste_disc_ious())
-    print(f"paste only (a smooth disc mask on a 9x11, 30x32 and 80x120 px box): d2 vs pcna_seg IoU {ious}")
+    ious = [f"{v:.3f}" for v in paste_disc_ious()]
+    print(
+        "paste only (a smooth disc mask on a 9x11, 30x32 and 80x120 px box), d2 vs pcna_seg IoU: "
+        f"torchvision rule {', '.join(ious[:3])}; aligned rule {', '.join(ious[3:])}"
+    )
 
 
 if __name__ == "__main__":

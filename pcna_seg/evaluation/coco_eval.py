@@ -383,7 +383,7 @@ class COCOEvaluator(DatasetEvaluator):
             hw_in = tuple(inp["image"].shape[-2:])
             orig = (int(inp.get("height", hw_in[0])), int(inp.get("width", hw_in[1])))
             self._img_ids.append(inp["image_id"])
-            pred = to_prediction(out, hw_in, orig, names)
+            pred = to_prediction(out, hw_in, orig, names, self.mask_paste)
             self._results.extend(prediction_to_coco(pred, inp["image_id"], cat_ids))
 
     def evaluate(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class DatasetEvaluator:
 
     dataset_name = ""
     model_class_names: list[str] | None = None
+    mask_paste = "torchvision"  # how the model's box-frame masks go into images (set from the model)
 
     def reset(self) -> None:
         pass
@@ -58,6 +59,15 @@ class DatasetEvaluators(DatasetEvaluator):
     def model_class_names(self, names: list[str] | None) -> None:
         for e in self.evaluators:
             e.model_class_names = names
+
+    @property  # type: ignore[override]
+    def mask_paste(self) -> str:
+        return self.evaluators[0].mask_paste if self.evaluators else "torchvision"
+
+    @mask_paste.setter
+    def mask_paste(self, mode: str) -> None:
+        for e in self.evaluators:
+            e.mask_paste = mode
 
     def reset(self) -> None:
         for e in self.evaluators:
@@ -143,6 +153,7 @@ def inference_on_dataset(
     evaluator.reset()
     if evaluator.model_class_names is None and getattr(model, "class_names", None):
         evaluator.model_class_names = list(model.class_names)
+    evaluator.mask_paste = str(getattr(model, "mask_paste", "torchvision"))
     was_training = model.training
     model.eval()
     device = torch.device(device)

@@ -31,7 +31,7 @@ from pcna_seg.data.channels import GRAY, OTSU, resolve_otsu_source
 from pcna_seg.data.pipeline import InputPipeline, ModelInput
 from pcna_seg.errors import ConfigError, DataError, PcnaSegError, WeightsError
 from pcna_seg.modeling.instances import Prediction
-from pcna_seg.modeling.postprocess import to_prediction
+from pcna_seg.modeling.postprocess import mask_paste_of, to_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class Predictor:
         output = self.model([mi.image.to(self.device)])[0]
         output = {k: v.detach().cpu() for k, v in output.items()}
         self._warn_if_capped(len(output["scores"]), mi)
-        return to_prediction(output, mi.model_hw, mi.orig_hw, self.class_names)
+        return to_prediction(output, mi.model_hw, mi.orig_hw, self.class_names, mask_paste_of(self.model))
 
     def _warn_if_capped(self, n: int, mi: ModelInput) -> None:
         """Warn (once) when a frame's detections reach a limit that would cut a dense field."""

@@ -89,6 +89,12 @@ def check_names(cfg: Any) -> None:
             )
 
 
+def mask_paste_for(cfg: Any) -> str:
+    """How this model's box-frame masks are pasted into images: the inverse of its mask pooler
+    (aligned RoIAlign, ``ROIAlignV2`` → "aligned", detectron2's paste; else torchvision's)."""
+    return "aligned" if cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE == "ROIAlignV2" else "torchvision"
+
+
 def resolve_device(cfg: Any) -> torch.device:
     """``MODEL.DEVICE`` → torch.device (:func:`pcna_seg.engine.launch.resolve_device`)."""
     from pcna_seg.engine.launch import resolve_device as device_of
@@ -372,6 +378,7 @@ def build_model(cfg: Any) -> PcnaMaskRCNN:
     )
     transform = NoResizeTransform(min_size=1, max_size=1, image_mean=mean, image_std=std)
     model = PcnaMaskRCNN(backbone, rpn, roi_heads, transform, num_classes, channels)
+    model.mask_paste = mask_paste_for(cfg)
     device = resolve_device(cfg)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(

@@ -288,6 +288,7 @@ def build_d2_model(cfg: Any) -> nn.Module:
     model.cfg_num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     model.class_names = None
     model.input_channels = list(cfg.INPUT.CHANNELS)
+    model.mask_paste = "aligned"  # detectron2 pastes its masks this way
     register_datasets([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST], cfg.DATASETS.ROOT or None)
     logger.info(
         "Built detectron2 Mask R-CNN R%d-FPN (%d classes) on %s",

@@ -32,7 +32,8 @@ class Prediction:
       thousands of nuclei stays small; :attr:`masks` gives the dense (N, H, W) bool array;
     - ``mask_probs``: optional float16 (N, M, M), the mask head's probabilities on each box. When
       present, :meth:`rescaled` pastes them again at the new size (so a tile predicted at model
-      scale gives the same masks as a whole image), instead of resampling the crops.
+      scale gives the same masks as a whole image), instead of resampling the crops, with the
+      paste rule ``mask_paste`` (:func:`pcna_seg.modeling.postprocess.paste_crops`).
 
     Instances whose thresholded mask is empty are dropped when a Prediction is built.
     """
@@ -46,6 +47,7 @@ class Prediction:
     mask_crops: list[np.ndarray] = field(default_factory=list)
     mask_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     mask_probs: np.ndarray | None = None
+    mask_paste: str = "torchvision"
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
@@ -55,6 +57,11 @@ class Prediction:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def with_mask_paste(self, mask_paste: str) -> Prediction:
+        """Set the paste rule :meth:`rescaled` uses for ``mask_probs``; returns self."""
+        self.mask_paste = mask_paste
+        return self
 
     @classmethod
     def from_masks(
@@ -150,6 +157,7 @@ class Prediction:
             [self.mask_crops[i] for i in idx],
             self.mask_offsets[idx],
             None if self.mask_probs is None else self.mask_probs[idx],
+            self.mask_paste,
         )
 
     def shifted(self, dy: int, dx: int, image_size: tuple[int, int]) -> Prediction:
@@ -165,6 +173,7 @@ class Prediction:
             list(self.mask_crops),
             self.mask_offsets + np.asarray([dy, dx], np.int64),
             self.mask_probs,
+            self.mask_paste,
         )
 
     @staticmethod
@@ -185,6 +194,7 @@ class Prediction:
             [c for p in preds for c in p.mask_crops],
             np.concatenate([p.mask_offsets for p in preds] or [np.zeros((0, 2), np.int64)]),
             mask_probs,
+            preds[0].mask_paste if preds else "torchvision",
         )
         return out.select(np.argsort(-out.scores, kind="stable"))
 
@@ -222,9 +232,8 @@ class Prediction:
 
             from pcna_seg.modeling.postprocess import paste_crops
 
-            crops = paste_crops(
-                torch.from_numpy(self.mask_probs.astype(np.float32)), torch.from_numpy(boxes), (H, W)
-            )
+            probs = torch.from_numpy(self.mask_probs.astype(np.float32))
+            crops = paste_crops(probs, torch.from_numpy(boxes), (H, W), mode=self.mask_paste)
         else:
             crops = []
             for (y, x), c in zip(self.mask_offsets.tolist(), self.mask_crops):
@@ -243,4 +252,4 @@ class Prediction:
             self.probs_with_bg,
             crops,
             self.mask_probs,
-        )
+        ).with_mask_paste(self.mask_paste)
