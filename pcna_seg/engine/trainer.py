@@ -225,7 +225,11 @@ class Trainer(SimpleTrainer):
     def losses(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         images = [d["image"].to(self.device, non_blocking=True) for d in batch]
         targets = [_to_target(d, self.device) for d in batch]
-        return self.model(images, targets)
+        losses = self.model(images, targets)
+        scalars = getattr(unwrap(self.model), "last_scalars", None)  # e.g. the detectron2 engine's
+        if scalars:
+            self.storage.put_scalars(**scalars)
+        return losses
 
     def data_iterator(self) -> Any:
         return _clean_errors(iter(self.data_loader))

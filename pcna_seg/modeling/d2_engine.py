@@ -248,11 +248,11 @@ def _define_classes() -> dict[str, type]:
             if self.training:
                 if targets is None:
                     raise ValueError("training needs targets")
-                if events._CURRENT_STORAGE_STACK:
+                # detectron2's heads log scalars (anchor counts, classifier accuracy) into an event
+                # storage; they are kept for the project's trainer, which writes them to metrics.json
+                with events.EventStorage(0) as storage:
                     losses = super().forward(batched)
-                else:  # detectron2's heads log into an event storage; the project's trainer has its own
-                    with events.EventStorage(0):
-                        losses = super().forward(batched)
+                self.last_scalars = {k: float(v) for k, (v, _) in storage.latest().items()}
                 return {LOSS_NAMES.get(k, k): v for k, v in losses.items()}
             return [_to_output(x) for x in self.inference(batched, do_postprocess=False)]
 

@@ -76,6 +76,7 @@ def test_engine_trains_and_predicts_with_the_project_interface():
     model.train()
     losses = model([torch.rand(3, 128, 128)], _targets())
     assert set(losses) == LOSSES and all(torch.isfinite(v) for v in losses.values())
+    assert "fast_rcnn/cls_accuracy" in model.last_scalars  # detectron2's own training scalars, kept
     sum(losses.values()).backward()
     assert model.roi_heads.box_predictor.cls_score.weight.grad is not None
     model.eval()
