@@ -73,7 +73,7 @@ def plot_comparison(
     if not keys:
         return None
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(keys) * max(1, len(comp)) / 2), 3.8))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.35 * len(keys) * len(comp) + 2)), 4.2))
     width = 0.8 / max(len(comp), 1)
     colours = plt.get_cmap("tab10")
     for j, c in enumerate(comp):
