@@ -193,7 +193,7 @@ def render_markdown(summary: dict[str, Any], root: Path, pictures: dict[str, Any
         "",
         "## Training",
         "",
-        "| stage run | action | iterations | wall time (s) | final total loss |"
+        "| stage run | this run | iterations | wall time (s) of its training run | final total loss |"
         " loss_classifier | loss_mask |",
         "|---|---|---|---|---|---|---|",
     ]
