@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 CAMPAIGN = "configs/campaigns/quick_pcna_staged.yaml"
 # Every stage of the demo campaign trains this long (the quick configs say 1000): the demo ends
 # in minutes on 2 CPU cores. Train longer: tools/demo.py SOLVER.MAX_ITER 1000 SOLVER.STEPS "(800,)"
-DEMO_SCHEDULE = ["SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(120,)", "TEST.EVAL_PERIOD", "0",
-                 "SOLVER.CHECKPOINT_PERIOD", "150", "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
+DEMO_SCHEDULE = ["SOLVER.MAX_ITER", "300", "SOLVER.STEPS", "(240,)", "TEST.EVAL_PERIOD", "0",
+                 "SOLVER.CHECKPOINT_PERIOD", "300", "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
 UNET_CONFIG = "configs/unet/livedead_quick.yaml"
 LIVEDEAD = ["--wells", "A1", "A2", "B1", "B2", "--height", "256", "--width", "256", "--seed", "0"]
 UNET_OPTS = ["UNET.SOLVER.EPOCHS", "3", "UNET.SOLVER.T_0", "2"]
