@@ -108,9 +108,10 @@ def prepare_set(root: Path, raw: Path, name: str, seed: int = 0) -> dict[str, An
     made = out / MADE_BY
     t0 = time.perf_counter()
     reused = made.is_file() and json.loads(made.read_text(encoding="utf-8")) == want
-    if not reused:
-        if out.exists():
-            shutil.rmtree(out)
+    if not reused:  # raw and converted folders are remade whole: no file of an older recipe stays
+        for folder in (out, raw / name):
+            if folder.exists():
+                shutil.rmtree(folder)
         options = {"style": "realistic", **opts}
         get_writer(fmt)(raw / name, seed=want["seed"], **options)
         get_converter(fmt)(raw / name, out, seed=want["seed"], progress=False, **conv)

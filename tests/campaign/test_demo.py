@@ -19,7 +19,11 @@ def test_data_reused_only_while_its_recipe_is_unchanged(tmp_path):
     made = json.loads((ann.parent / MADE_BY).read_text())
     made["seed"] += 1  # as if another seed had made it
     (ann.parent / MADE_BY).write_text(json.dumps(made))
-    assert prepare_campaign_data(tmp_path / "datasets", tmp_path / "raw", ["bbbc039"])[0]["reused"] is False
+    stray = tmp_path / "raw" / "bbbc039" / "images" / "stray_from_an_older_recipe.tif"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"")
+    remade = prepare_campaign_data(tmp_path / "datasets", tmp_path / "raw", ["bbbc039"])[0]
+    assert remade["reused"] is False and remade["images"] == rows[0]["images"] and not stray.exists()
 
 
 def test_demo_campaign_command_is_what_the_tool_accepts(tmp_path, monkeypatch):
