@@ -37,22 +37,14 @@ sys.path.insert(0, str(ROOT))
 
 from pcna_seg.data.converters import get_converter  # noqa: E402
 from pcna_seg.data.image_io import read_image, to_gray  # noqa: E402
-from pcna_seg.data.synthetic.realism import Realism  # noqa: E402
+from pcna_seg.data.synthetic.realism import SHIFTED_REALISM  # noqa: E402
 from pcna_seg.data.synthetic.write_dsb2018 import write  # noqa: E402
 from pcna_seg.evaluation.cell_metrics import evaluate_frame, summarize_frames  # noqa: E402
 
 CFG = str(ROOT / "configs/quick_schedules/quick_stage1_kaggle.yaml")
 SIZE = (192, 320)  # image height/width range, px
 N_NUCLEI = 30  # nuclei of a clean image (realistic: scaled by density and size)
-SHIFTED = Realism(
-    diameter_px=(10.0, 45.0),
-    brightness_sigma=(1.0, 1.4),
-    defocus_fraction=(0.5, 0.9),
-    defocus_sigma=(0.1, 0.3),
-    density=(2.0, 5.0),
-    photons=(8.0, 60.0),
-    background=(0.2, 0.6),
-)
+SHIFTED = SHIFTED_REALISM  # the style the default ranges do not cover
 TRAIN = {  # model name -> (style, extra options)
     "clean-noaug": ("clean", ["INPUT.AUGMENT.ENABLED", "False", "INPUT.SCALE.TRAIN_JITTER", "(1.0, 1.0)"]),
     "clean": ("clean", []),

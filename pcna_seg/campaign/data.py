@@ -28,21 +28,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pcna_seg.data.synthetic.realism import Realism
+from pcna_seg.data.synthetic.realism import SHIFTED_REALISM, Realism
 from pcna_seg.utils_io import file_digest, fingerprint, write_json_atomic
 
 logger = logging.getLogger(__name__)
 MADE_BY = "made_by.json"
 SIZE = (192, 320)  # DSB-style image height/width range, px
-UNSEEN = Realism(
-    diameter_px=(10.0, 45.0),
-    brightness_sigma=(1.0, 1.4),
-    defocus_fraction=(0.5, 0.9),
-    defocus_sigma=(0.1, 0.3),
-    density=(2.0, 5.0),
-    photons=(8.0, 60.0),
-    background=(0.2, 0.6),
-)
+UNSEEN = SHIFTED_REALISM  # the style the default ranges do not cover
 # folder -> (synthetic format, writer options, converter options, seed offset)
 CAMPAIGN_SETS: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
     "dsb2018": ("dsb2018", {"n_images": 24, "height": SIZE, "width": SIZE, "n_nuclei": 30}, {}, 0),

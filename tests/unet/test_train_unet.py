@@ -13,15 +13,6 @@ from pcna_seg.config import load_config
 from pcna_seg.errors import ConfigError, PcnaSegError
 from pcna_seg.unet.train import train_unet
 
-TILING = [
-    "UNET.TILING.TILE",
-    "32",
-    "UNET.TILING.STRIDE",
-    "16",
-    "UNET.TILING.WORKERS",
-    "0",
-]  # as the h5_tiles fixture
-
 
 def _tiles(n: int, size: int = 32, seed: int = 0) -> TensorDataset:
     """Live/dead-like tiles: channel 0 shows every blob, channel 1 only dead (class 2) blobs."""
@@ -108,7 +99,8 @@ def test_resume_matches_uninterrupted(tmp_path) -> None:
 def test_resume_with_augmented_h5_tiles_is_exact(tmp_path, h5_tiles, workers) -> None:
     """Augmentation is a function of (seed, epoch, tile), so a resumed run trains on exactly the
     same batches as an uninterrupted one: per-epoch train losses agree to float precision."""
-    data = [*TILING, "UNET.DATA.TRAIN_H5", str(h5_tiles["train"]), "UNET.DATA.VAL_H5", str(h5_tiles["val"]),
+    data = [*h5_tiles["opts"], "UNET.DATA.TRAIN_H5", str(h5_tiles["train"]),
+            "UNET.DATA.VAL_H5", str(h5_tiles["val"]),
             "UNET.DATA.BATCH_SIZE", "8", "UNET.DATA.NUM_WORKERS", str(workers),
             "UNET.EVAL.OVERLAY_TILES", "0", "UNET.LOSS.CLASS_WEIGHTS", "[]"]  # fmt: skip
     train_unet(_cfg(tmp_path / "full", 3, *data))

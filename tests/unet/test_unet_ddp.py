@@ -13,19 +13,10 @@ from pcna_seg.config import load_config
 from pcna_seg.engine.launch import launch
 from pcna_seg.unet.train import train_unet
 
-TILING = [
-    "UNET.TILING.TILE",
-    "32",
-    "UNET.TILING.STRIDE",
-    "16",
-    "UNET.TILING.WORKERS",
-    "0",
-]  # as the h5_tiles fixture
-
 
 def _cfg(out: Path, epochs: int, tiles: dict):
     return load_config(opts=[
-        *TILING, "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "SEED", "0",
+        *tiles["opts"], "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu", "SEED", "0",
         "UNET.DEPTH", "2", "UNET.BASE_WIDTH", "4", "UNET.SOLVER.OPTIMIZER", "adam",
         "UNET.SOLVER.BASE_LR", "0.01", "UNET.SOLVER.SCHEDULER", "none", "UNET.SOLVER.EPOCHS", str(epochs),
         "UNET.DATA.TRAIN_H5", str(tiles["train"]), "UNET.DATA.VAL_H5", str(tiles["val"]),

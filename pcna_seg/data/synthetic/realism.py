@@ -96,6 +96,19 @@ PCNA_REALISM = Realism(
     diameter_px=(14.0, 30.0), density=(0.6, 2.5), debris_per_mpx=(20.0, 300.0), bright_bodies=(0, 2)
 )
 
+# A style the default ranges do not cover (wider brightness spread, more and stronger defocus,
+# denser, fewer photons, brighter background): the held-out family of
+# benchmarks/synthetic_shift.py and the "unseen style" sets of the stage-0 campaigns.
+SHIFTED_REALISM = Realism(
+    diameter_px=(10.0, 45.0),
+    brightness_sigma=(1.0, 1.4),
+    defocus_fraction=(0.5, 0.9),
+    defocus_sigma=(0.1, 0.3),
+    density=(2.0, 5.0),
+    photons=(8.0, 60.0),
+    background=(0.2, 0.6),
+)
+
 
 @dataclass(frozen=True)
 class ImageStyle:
