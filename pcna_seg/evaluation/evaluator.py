@@ -149,11 +149,12 @@ def inference_on_dataset(
     from tqdm import tqdm
 
     from pcna_seg.engine.launch import is_main_process
+    from pcna_seg.modeling.postprocess import mask_paste_of
 
     evaluator.reset()
     if evaluator.model_class_names is None and getattr(model, "class_names", None):
         evaluator.model_class_names = list(model.class_names)
-    evaluator.mask_paste = str(getattr(model, "mask_paste", "torchvision"))
+    evaluator.mask_paste = mask_paste_of(model)
     was_training = model.training
     model.eval()
     device = torch.device(device)
